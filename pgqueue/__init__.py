@@ -1,0 +1,59 @@
+"""pgqueue: a job queue for Python that needs nothing but PostgreSQL.
+
+Jobs live in ``pgqueue.jobs``; enqueue them in your own transaction, run them with
+``pgqueue worker``, read their state with SQL. See README.md.
+"""
+
+from .app import App, Args, Task, TaskCall
+from .context import JobContext
+from .errors import (
+    Cancelled,
+    ConfigurationError,
+    Discard,
+    EnqueueError,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobNotFound,
+    PgQueueError,
+    ResultTimeout,
+    RetryLater,
+    SchemaError,
+    SerializationError,
+    UnknownTaskError,
+)
+from .job import Job, JobState
+from .retry import RetryPolicy
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Args",
+    "Cancelled",
+    "ConfigurationError",
+    "Discard",
+    "EnqueueError",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobError",
+    "JobFailed",
+    "JobNotFound",
+    "JobState",
+    "PgQueueError",
+    "ResultTimeout",
+    "RetryLater",
+    "RetryPolicy",
+    "SchemaError",
+    "SerializationError",
+    "Task",
+    "TaskCall",
+    "UnknownTaskError",
+    "Worker",
+]
+
+import logging as _logging
+
+_logging.getLogger("pgqueue").addHandler(_logging.NullHandler())

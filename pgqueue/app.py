@@ -1,0 +1,471 @@
+"""App (configuration and task registry), Task, and enqueueing."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+
+from . import migrate, serialization
+from ._sql import q
+from .errors import EnqueueError, UnknownTaskError
+from .job import Job
+from .retry import NO_RETRY, RetryPolicy
+
+__all__ = ["App", "Task", "TaskCall"]
+
+log = logging.getLogger("pgqueue")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: libpq environment variables that, when set, mean "connect with libpq's defaults".
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE",
+             "PGSERVICEFILE")
+
+DEFAULT_MAX_ATTEMPTS = 20
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    """The DSN to use: ``dsn``, else ``$PGQUEUE_DSN``, else libpq's environment
+    (``PGHOST``, ``PGDATABASE``, ...), else the embedded server (started if needed)."""
+    if dsn:
+        return dsn
+    env = os.environ.get("PGQUEUE_DSN")
+    if env:
+        return env
+    if any(os.environ.get(k) for k in LIBPQ_ENV):
+        return ""
+    from . import embedded
+    return embedded.ensure_running()
+
+
+class App:
+    """Configuration and task registry of one pgqueue application.
+
+    :param dsn: libpq connection string or URL. ``None`` (default) falls back to
+        ``$PGQUEUE_DSN``, then to libpq's environment (``PGHOST``, ``PGDATABASE``, ...),
+        then to the embedded PostgreSQL (started on first use; needs the ``embedded``
+        extra).
+    :param pool_min_size: connections the app's pool keeps open (int, default 1).
+    :param pool_max_size: most connections the pool opens (int, default 10). The pool
+        serves ``task.enqueue()`` without a caller connection, job handles, and
+        ``app.connection()`` for tasks; a worker's own bookkeeping never uses it.
+
+    Nothing connects until first use. Example::
+
+        app = pgqueue.App()
+
+        @app.task(queue="emails", max_attempts=5)
+        def send_welcome(user_id: int) -> None: ...
+
+        send_welcome.enqueue(42)                    # own transaction, committed
+        with psycopg.connect(dsn) as conn:          # the caller's transaction
+            conn.execute("insert into users ...")
+            send_welcome.using(connection=conn).enqueue(42)
+    """
+
+    def __init__(self, dsn: str | None = None, *, pool_min_size: int = 1,
+                 pool_max_size: int = 10):
+        self._dsn = dsn
+        self._conninfo: str | None = None
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.tasks: dict[str, Task] = {}
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<pgqueue.App tasks={len(self.tasks)}>"
+
+    # -- connections -------------------------------------------------------------
+
+    @property
+    def conninfo(self) -> str:
+        """The resolved connection string (starts the embedded server if that is the one)."""
+        if self._conninfo is None:
+            with self._lock:
+                if self._conninfo is None:
+                    self._conninfo = resolve_dsn(self._dsn)
+        return self._conninfo
+
+    @property
+    def pool(self):
+        """The app's ``psycopg_pool.ConnectionPool`` (autocommit connections), opened lazily."""
+        if self._pool is None:
+            from psycopg_pool import ConnectionPool
+            conninfo = self.conninfo
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ConnectionPool(
+                        conninfo, min_size=self.pool_min_size, max_size=self.pool_max_size,
+                        kwargs={"autocommit": True}, open=True, name="pgqueue",
+                        check=ConnectionPool.check_connection)
+        return self._pool
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """Borrow an autocommit connection from the app's pool (for tasks too).
+
+        :param timeout: seconds to wait for a free connection (default: the pool's 30 s);
+            ``psycopg_pool.PoolTimeout`` is raised after that.
+        """
+        with self.pool.connection(timeout=timeout) as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close the pool. The app can be used again afterwards (a new pool opens)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # -- registry ------------------------------------------------------------------
+
+    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             queue: str = "default", priority: int = 0,
+             max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
+             retry: RetryPolicy | bool | None = None, transactional: bool = False,
+             pass_context: bool = False) -> Any:
+        """Register a function (``def`` or ``async def``) as a task.
+
+        :param name: stored task name; default ``module.qualname`` of the function.
+        :param queue: default queue (str, default ``"default"``).
+        :param priority: default priority (int in -32768..32767, higher first; default 0).
+        :param max_attempts: attempts before the job is discarded (int >= 1, default 20).
+        :param timeout: seconds an attempt may run (float) or ``None`` for no limit. A
+            timed-out ``async`` task is cancelled; a sync task's thread cannot be killed,
+            so its attempt is failed at once and its slot freed when the thread returns.
+        :param retry: a :class:`RetryPolicy` (default: 1 s base, 1 h cap) or ``False`` to
+            discard on the first failure.
+        :param transactional: run the task inside the job's own transaction: the task
+            receives a :class:`JobContext` first, ``ctx.connection`` is that transaction,
+            and its writes commit together with the job's completion, or not at all
+            (exactly-once database effects).
+        :param pass_context: pass a :class:`JobContext` as the first argument.
+        :raises ValueError: if the name is already registered to another function.
+        """
+        def deco(f: Callable[..., Any]) -> Task:
+            t = Task(self, f, name=name, queue=queue, priority=priority,
+                     max_attempts=max_attempts, timeout=timeout, retry=retry,
+                     transactional=transactional, pass_context=pass_context or transactional)
+            existing = self.tasks.get(t.name)
+            if existing is not None and existing.fn is not f:
+                raise ValueError(f"task name {t.name!r} is already registered "
+                                 f"to {existing.fn!r}; pass name= to tell them apart")
+            self.tasks[t.name] = t
+            return t
+        return deco(fn) if fn is not None else deco
+
+    def get_task(self, name: str) -> Task:
+        """The registered task called ``name``. Raises :class:`UnknownTaskError`."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTaskError(
+                f"no task named {name!r} in this app (registered: "
+                f"{', '.join(sorted(self.tasks)) or 'none'}); check the --app module") from None
+
+    def job(self, id: int) -> Job:
+        """A handle on job ``id`` (no query until used)."""
+        return Job(self, id)
+
+    # -- by name (tasks defined elsewhere, e.g. in another service) -----------------
+
+    def enqueue(self, task_name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                **options: Any) -> Job:
+        """Enqueue a job by task name, with the options of :meth:`Task.using`.
+
+        Useful when the task's code lives in another service. Uses the registered
+        task's defaults when the name is known here.
+        """
+        t = self.tasks.get(task_name) or Task(self, None, name=task_name)
+        return t.using(**options).enqueue(*args, **(kwargs or {}))
+
+    # -- schema --------------------------------------------------------------------
+
+    def migrate(self, target: int | None = None) -> list[migrate.Migration]:
+        """Apply pending schema migrations (each in its own transaction). Returns them."""
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            return migrate.apply(conn, target=target)
+
+    def check_schema(self) -> int:
+        """Raise :class:`SchemaError` unless the schema version matches this code."""
+        with self.connection() as conn:
+            return migrate.check_schema(conn)
+
+
+class Task:
+    """A registered task. Call it like the function; enqueue it to run on a worker."""
+
+    def __init__(self, app: App, fn: Callable[..., Any] | None, *, name: str | None = None,
+                 queue: str = "default", priority: int = 0,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
+                 retry: RetryPolicy | bool | None = None, transactional: bool = False,
+                 pass_context: bool = False):
+        if name is None:
+            if fn is None:
+                raise ValueError("a task needs a name or a function")
+            name = f"{fn.__module__}.{fn.__qualname__}"
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
+        if retry is None or retry is True:
+            retry = RetryPolicy()
+        elif retry is False:
+            retry = NO_RETRY
+        self.retry: RetryPolicy = retry
+        self.timeout = timeout
+        self.transactional = transactional
+        self.pass_context = pass_context
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self.defaults = _validate_options(queue=queue, priority=priority, max_attempts=max_attempts)
+        if self.fn is not None:
+            self.__doc__ = fn.__doc__
+            self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn is None:
+            raise UnknownTaskError(f"task {self.name!r} has no function in this process")
+        return self.fn(*args, **kwargs)
+
+    @property
+    def queue(self) -> str:
+        return self.defaults["queue"]
+
+    @property
+    def priority(self) -> int:
+        return self.defaults["priority"]
+
+    @property
+    def max_attempts(self) -> int:
+        return self.defaults["max_attempts"]
+
+    def using(self, *, connection: Any = None, delay: float | dt.timedelta | None = None,
+              run_at: dt.datetime | None = None, queue: str | None = None,
+              priority: int | None = None, max_attempts: int | None = None,
+              unique_key: str | None = None) -> TaskCall:
+        """Options for the next enqueue; returns an object with ``enqueue``/``aenqueue``.
+
+        :param connection: where to insert: a psycopg ``Connection`` (inside its current
+            transaction or savepoint; nothing is committed here; the job exists iff that
+            transaction commits) or ``AsyncConnection`` (use ``aenqueue``). ``None``: the
+            app's pool, committed at once.
+        :param delay: seconds (float) or ``timedelta`` from now, on the database clock;
+            must be >= 0.
+        :param run_at: an aware ``datetime`` at which the job becomes due (not with ``delay``).
+        :param queue: queue name (default: the task's).
+        :param priority: int in -32768..32767, higher first (default: the task's).
+        :param max_attempts: int >= 1 (default: the task's).
+        :param unique_key: at most one unfinished job per key: enqueueing a key that an
+            unfinished job (pending, scheduled, available, running, retryable) holds
+            returns that job and changes nothing, not even a running one.
+        :raises EnqueueError: (a ``ValueError``) for invalid options, before any SQL runs.
+        """
+        opts = dict(self.defaults)
+        opts.update(_validate_options(queue=queue, priority=priority, max_attempts=max_attempts))
+        opts["unique_key"] = _validate_unique_key(unique_key)
+        opts["delay"], opts["run_at"] = _validate_when(delay, run_at)
+        return TaskCall(self, connection, opts)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue on the app's pool, committed at once. See :meth:`using` for options.
+
+        :raises SerializationError: (a ``TypeError``) for arguments that tagged JSON
+            cannot carry, before any SQL runs.
+        """
+        return TaskCall(self, None, self._plain_options()).enqueue(*args, **kwargs)
+
+    async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """``enqueue`` for async code: runs on the app's pool in a thread."""
+        import asyncio
+        return await asyncio.to_thread(self.enqueue, *args, **kwargs)
+
+    def enqueue_many(self, items: Iterable[Any]) -> int:
+        """Bulk enqueue on the app's pool, committed at once; see :meth:`TaskCall.enqueue_many`."""
+        return TaskCall(self, None, self._plain_options()).enqueue_many(items)
+
+    def _plain_options(self) -> dict[str, Any]:
+        opts = dict(self.defaults)
+        opts.update(unique_key=None, delay=None, run_at=None)
+        return opts
+
+
+class TaskCall:
+    """A task bound to enqueue options (the result of :meth:`Task.using`)."""
+
+    __slots__ = ("connection", "options", "task")
+
+    def __init__(self, task: Task, connection: Any, options: dict[str, Any]):
+        self.task = task
+        self.connection = connection
+        self.options = options
+
+    def _params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        o = self.options
+        return {
+            "task": self.task.name,
+            "args": serialization.dumps(list(args), "args"),
+            "kwargs": serialization.dumps(kwargs, "kwargs"),
+            "queue": o["queue"], "priority": o["priority"], "max_attempts": o["max_attempts"],
+            "unique_key": o["unique_key"], "delay": o["delay"], "run_at": o["run_at"],
+        }
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue one job; returns its :class:`Job` handle.
+
+        On a caller's connection the insert joins the caller's transaction (or savepoint)
+        and nothing is committed here; the NOTIFY that wakes workers is delivered by
+        PostgreSQL at that transaction's commit, never before. Without a connection it
+        runs on the app's pool and commits at once.
+
+        :raises SerializationError: arguments that cannot be stored (a ``TypeError``),
+            raised before any SQL, so the caller's transaction stays usable.
+        """
+        params = self._params(args, kwargs)
+        from ._connections import sync_connection
+        with sync_connection(self.task.app, self.connection) as conn:
+            (job_id,) = conn.execute(q("enqueue"), params, prepare=True).fetchone()
+        return Job(self.task.app, job_id)
+
+    async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """Enqueue on a caller's ``AsyncConnection`` (its transaction), or the pool."""
+        params = self._params(args, kwargs)
+        from ._connections import async_connection
+        async with async_connection(self.task.app, self.connection) as conn:
+            cur = await conn.execute(q("enqueue"), params, prepare=True)
+            (job_id,) = await cur.fetchone()
+        return Job(self.task.app, job_id)
+
+    def enqueue_many(self, items: Iterable[Any]) -> int:
+        """Enqueue many jobs of this task in one round trip of COPY, streamed.
+
+        :param items: an iterable (a generator is fine: rows are encoded and streamed
+            one by one, never all held at once); each item is a tuple/list of positional
+            arguments, a dict of keyword arguments, or a ``(args, kwargs)`` pair given as
+            ``pgqueue.Args(*args, **kwargs)``.
+        :returns: the number of jobs inserted (jobs whose ``unique_key`` was already
+            held are skipped; with a unique key every item shares it, so at most one).
+        :raises SerializationError: on the first bad item; on a caller's connection the
+            COPY is aborted and, when in a transaction, the caller's transaction with it.
+            Without a connection nothing is committed.
+
+        Jobs with neither delay nor unique key go straight into ``pgqueue.jobs`` with
+        ``COPY``; otherwise they are copied to a temporary table and inserted from there,
+        so due times use the database clock. One NOTIFY per queue, at commit.
+        """
+        from ._connections import sync_connection
+        o = self.options
+        direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
+        rows = _bulk_rows(self.task.name, items, o, direct)
+        with sync_connection(self.task.app, self.connection) as conn:
+            tx = conn.transaction() if conn.autocommit else contextlib.nullcontext()
+            with tx:
+                if direct:
+                    with conn.cursor().copy(q("copy_jobs")) as copy:
+                        n = 0
+                        for row in rows:
+                            copy.write_row(row)
+                            n += 1
+                    return n
+                conn.execute(q("bulk_stage_create"))
+                conn.execute(q("bulk_stage_clear"))
+                with conn.cursor().copy(q("bulk_stage_copy")) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                (n,) = conn.execute(q("bulk_stage_insert")).fetchone()
+                conn.execute(q("bulk_stage_clear"))
+                return n
+
+
+class Args:
+    """Positional and keyword arguments of one job, for ``enqueue_many``."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args = args
+        self.kwargs = kwargs
+
+
+def _bulk_rows(name: str, items: Iterable[Any], o: dict[str, Any],
+               direct: bool) -> Iterator[tuple[Any, ...]]:
+    for i, item in enumerate(items):
+        if isinstance(item, Args):
+            a, k = item.args, item.kwargs
+        elif isinstance(item, dict):
+            a, k = (), item
+        elif isinstance(item, (tuple, list)):
+            a, k = item, {}
+        else:
+            a, k = (item,), {}
+        args = serialization.dumps(list(a), f"items[{i}].args")
+        kwargs = serialization.dumps(k, f"items[{i}].kwargs")
+        if direct:
+            yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"], "available")
+        else:
+            yield (name, args, kwargs, o["queue"], o["priority"], o["delay"], o["run_at"],
+                   o["max_attempts"], o["unique_key"])
+
+
+def _validate_options(*, queue: Any = None, priority: Any = None,
+                      max_attempts: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if queue is not None:
+        if not isinstance(queue, str) or not queue or len(queue) > 128 or "\x00" in queue:
+            raise EnqueueError(f"queue must be a non-empty string of at most 128 characters, "
+                               f"got {queue!r}")
+        out["queue"] = queue
+    if priority is not None:
+        if type(priority) is not int or not -32768 <= priority <= 32767:
+            raise EnqueueError(f"priority must be an int in -32768..32767 (higher runs first), "
+                               f"got {priority!r}")
+        out["priority"] = priority
+    if max_attempts is not None:
+        if type(max_attempts) is not int or max_attempts < 1 or max_attempts > 2**31 - 1:
+            raise EnqueueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        out["max_attempts"] = max_attempts
+    return out
+
+
+def _validate_unique_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or "\x00" in key:
+        raise EnqueueError(f"unique_key must be a non-empty string without NUL, got {key!r}")
+    return key
+
+
+def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime | None]:
+    if delay is not None and run_at is not None:
+        raise EnqueueError("give delay or run_at, not both")
+    if delay is not None:
+        if isinstance(delay, dt.timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay != delay:
+            raise EnqueueError(f"delay must be seconds (a number) or a timedelta, got {delay!r}")
+        if delay < 0:
+            raise EnqueueError(f"delay must be >= 0 seconds, got {delay}; "
+                               "use run_at for an absolute time")
+        return float(delay), None
+    if run_at is not None:
+        if not isinstance(run_at, dt.datetime):
+            raise EnqueueError(f"run_at must be an aware datetime, got {run_at!r}")
+        if run_at.tzinfo is None or run_at.tzinfo.utcoffset(run_at) is None:
+            raise EnqueueError(f"run_at {run_at.isoformat()} is a naive datetime; "
+                               "attach a timezone, e.g. datetime.now(timezone.utc) + ...")
+        return None, run_at
+    return None, None
+
+

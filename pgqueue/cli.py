@@ -1,0 +1,417 @@
+"""``pgqueue`` command line (click). Thin over the library.
+
+With no ``--dsn``, no ``PGQUEUE_DSN`` and no libpq environment (``PGHOST``, ...),
+commands that need a database use the embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from typing import Any
+
+import click
+import psycopg
+from psycopg.rows import dict_row
+
+from . import migrate as migrate_mod
+from ._sql import q
+from .app import App, resolve_dsn
+from .errors import PgQueueError
+
+log = logging.getLogger("pgqueue")
+
+
+class Ctx:
+    def __init__(self, dsn: str | None):
+        self._dsn = dsn
+        self._resolved: str | None = None
+
+    @property
+    def dsn(self) -> str:
+        if self._resolved is None:
+            try:
+                self._resolved = resolve_dsn(self._dsn)
+            except PgQueueError as e:
+                raise click.ClickException(str(e)) from None
+        return self._resolved
+
+    def connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.dsn, autocommit=True)
+        except psycopg.OperationalError as e:
+            raise click.ClickException(f"cannot connect to the database: {str(e).strip()}\n"
+                                       "Check --dsn / PGQUEUE_DSN.") from None
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dsn", envvar="PGQUEUE_DSN", default=None, metavar="DSN",
+              help="PostgreSQL connection string or URL [env: PGQUEUE_DSN]. Default: libpq's "
+                   "environment (PGHOST, ...), else the embedded PostgreSQL.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="pgqueue")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, log_level: str) -> None:
+    """pgqueue: a job queue that needs nothing but PostgreSQL."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Ctx(dsn)
+
+
+# -- migrate ---------------------------------------------------------------------
+
+@main.command()
+@click.option("--status", is_flag=True, help="List migrations and whether each is applied.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option("--target", type=int, default=None, help="Stop at this version.")
+@pass_ctx
+def migrate(obj: Ctx, status: bool, dry_run: bool, target: int | None) -> None:
+    """Apply pending schema migrations (each in its own transaction, under an advisory lock)."""
+    with obj.connect() as conn:
+        try:
+            if status:
+                for m, applied in migrate_mod.status(conn):
+                    click.echo(f"{m.version:04d}  {'applied' if applied else 'pending':8}  {m.name}")
+                return
+            if dry_run:
+                pending = migrate_mod.apply(conn, target=target, dry_run=True)
+                click.echo(migrate_mod.render(pending) if pending else "-- nothing to apply")
+                return
+            done = migrate_mod.apply(conn, target=target)
+        except PgQueueError as e:
+            raise click.ClickException(str(e)) from None
+    if done:
+        for m in done:
+            click.echo(f"applied {m.name}")
+    else:
+        click.echo(f"schema is up to date (version {migrate_mod.latest_version()})")
+
+
+# -- worker ----------------------------------------------------------------------
+
+def load_app(spec: str) -> App:
+    """Import ``module[:attr]`` (attr defaults to ``app``) and return the App."""
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise click.BadParameter(f"cannot import {module_name!r}: {e}", param_hint="--app")
+    obj: Any = module
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise click.BadParameter(f"{module_name!r} has no attribute {attr or 'app'!r}",
+                                     param_hint="--app")
+    if not isinstance(obj, App):
+        raise click.BadParameter(f"{spec!r} is a {type(obj).__name__}, not a pgqueue.App",
+                                 param_hint="--app")
+    return obj
+
+
+@main.command()
+@click.option("--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
+              help="Module holding the pgqueue.App (ATTR defaults to 'app').")
+@click.option("-q", "--queue", "queues", multiple=True, help="Queue to claim from (repeatable; default all).")
+@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--poll-interval", default=5.0, show_default=True, type=click.FloatRange(0.01),
+              help="Seconds between claims without a notification.")
+@click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds running jobs may finish after SIGTERM before they are handed back.")
+@click.option("--heartbeat-interval", default=2.0, show_default=True, type=click.FloatRange(0.05))
+@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0.2),
+              help="Seconds without heartbeat after which a worker's jobs are rescued.")
+@click.option("--no-listen", is_flag=True,
+              help="Poll only (no LISTEN, no prepared statements): for PgBouncer transaction mode.")
+@click.option("--name", default=None, help="Label shown in `pgqueue workers`.")
+@click.option("--schema-wait", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to wait for `pgqueue migrate` before refusing an outdated schema.")
+@pass_ctx
+def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
+           poll_interval: float, shutdown_grace: float, heartbeat_interval: float,
+           stale_after: float, no_listen: bool, name: str | None, schema_wait: float) -> None:
+    """Run jobs until SIGTERM/SIGINT (graceful: finish, then hand back, exit 0)."""
+    from .worker import Worker
+    app = load_app(app_spec)
+    if app._dsn is None and obj._dsn is not None:
+        app._dsn = obj._dsn
+    try:
+        w = Worker(app, queues=list(queues) or None, concurrency=concurrency,
+                   poll_interval=poll_interval, shutdown_grace=shutdown_grace,
+                   heartbeat_interval=heartbeat_interval, stale_after=stale_after,
+                   listen=not no_listen, name=name, schema_wait=schema_wait)
+        code = w.run()
+    except PgQueueError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
+
+
+# -- enqueue ---------------------------------------------------------------------
+
+def _json_arg(value: str | None, kind: type, what: str) -> str:
+    if value is None:
+        return "[]" if kind is list else "{}"
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON: {e}", param_hint=what)
+    if not isinstance(parsed, kind):
+        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}",
+                                 param_hint=what)
+    if "\\u0000" in value:
+        raise click.BadParameter("contains a NUL character (\\u0000), which PostgreSQL cannot "
+                                 "store", param_hint=what)
+    return value
+
+
+@main.command()
+@click.argument("task")
+@click.option("--args", "args_json", default=None, metavar="JSON", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword arguments, a JSON object.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767))
+@click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds from now (database clock).")
+@click.option("--max-attempts", default=None, type=click.IntRange(1))
+@click.option("--unique-key", default=None)
+@pass_ctx
+def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None, queue: str,
+            priority: int, delay: float | None, max_attempts: int | None,
+            unique_key: str | None) -> None:
+    """Enqueue a job of TASK (a registered task name) and print its id."""
+    params = {"task": task, "args": _json_arg(args_json, list, "--args"),
+              "kwargs": _json_arg(kwargs_json, dict, "--kwargs"), "queue": queue,
+              "priority": priority, "run_at": None, "delay": delay,
+              "max_attempts": max_attempts, "unique_key": unique_key}
+    with obj.connect() as conn:
+        (job_id,) = conn.execute(q("enqueue"), params).fetchone()
+    click.echo(job_id)
+
+
+# -- jobs ------------------------------------------------------------------------
+
+def _fmt_time(t: dt.datetime | None) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[("-" if r[c] is None else _fmt_time(r[c]) if isinstance(r[c], dt.datetime)
+               else f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
+             for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    term = shutil.get_terminal_size((120, 20)).columns
+    line = "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))
+    click.echo(line[:term])
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths))[:term])
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, default=str, indent=2)
+
+
+@main.group()
+def jobs() -> None:
+    """List, show, retry and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", default=None)
+@click.option("--queue", default=None)
+@click.option("--task", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None, limit: int,
+              as_json: bool) -> None:
+    """Newest jobs first, filtered by state, queue or task."""
+    with obj.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(
+            q("jobs_list"), {"state": state, "queue": queue, "task": task, "limit": limit}).fetchall()
+    if as_json:
+        click.echo(_dump(rows))
+    else:
+        _table(rows, ["id", "queue", "task", "state", "attempt", "max_attempts", "run_at",
+                      "finished_at"])
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
+    """Every column of a job, with each error's traceback."""
+    with obj.connect() as conn:
+        row = conn.cursor(row_factory=dict_row).execute(q("job_get"), {"id": job_id}).fetchone()
+    if row is None:
+        raise click.ClickException(f"no job with id {job_id}")
+    if as_json:
+        click.echo(_dump(row))
+        return
+    for k, v in row.items():
+        if k == "errors":
+            continue
+        click.echo(f"{k:>20}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    for e in row["errors"]:
+        click.echo(f"\n--- attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker')}: "
+                   f"{e.get('type')}: {e.get('message')}")
+        if e.get("traceback"):
+            click.echo(e["traceback"].rstrip())
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@pass_ctx
+def jobs_retry(obj: Ctx, job_id: int) -> None:
+    """Make a discarded, cancelled or waiting job available now."""
+    with obj.connect() as conn:
+        (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
+    if state is None:
+        raise click.ClickException(f"no job with id {job_id}")
+    click.echo(f"job {job_id}: {state}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@pass_ctx
+def jobs_cancel(obj: Ctx, job_id: int) -> None:
+    """Cancel a job (a running job is asked to stop)."""
+    with obj.connect() as conn:
+        (state,) = conn.execute(q("cancel"), {"id": job_id}).fetchone()
+    if state is None:
+        raise click.ClickException(f"no job with id {job_id}")
+    click.echo(f"job {job_id}: {state}")
+
+
+# -- queues, workers, prune ----------------------------------------------------------
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--stale-after", default=10.0, show_default=True,
+              help="Seconds without heartbeat after which a worker counts as dead.")
+@click.pass_context
+def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
+    """Queues: jobs by state, oldest ready job, paused, jobs no live worker can run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Ctx = ctx.obj
+    with obj.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(
+            q("queue_stats"), {"stale_after": stale_after}).fetchall()
+    if as_json:
+        click.echo(_dump(rows))
+    else:
+        _table(rows, ["queue", "ready", "waiting", "pending", "running", "completed",
+                      "discarded", "cancelled", "oldest_ready_seconds", "paused", "no_worker"])
+
+
+def _set_paused(obj: Ctx, name: str, paused: bool) -> None:
+    with obj.connect() as conn:
+        conn.execute(q("queue_pause"), {"name": name, "paused": paused})
+    click.echo(f"queue {name}: {'paused' if paused else 'active'}")
+
+
+@queues.command("pause")
+@click.argument("name")
+@pass_ctx
+def queues_pause(obj: Ctx, name: str) -> None:
+    """Stop claiming from queue NAME (survives restarts)."""
+    _set_paused(obj, name, True)
+
+
+@queues.command("resume")
+@click.argument("name")
+@pass_ctx
+def queues_resume(obj: Ctx, name: str) -> None:
+    """Resume claiming from queue NAME."""
+    _set_paused(obj, name, False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def workers(obj: Ctx, as_json: bool) -> None:
+    """Live worker processes, their queues, heartbeat age and running jobs."""
+    with obj.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(q("workers_list")).fetchall()
+    if as_json:
+        click.echo(_dump(rows))
+    else:
+        _table(rows, ["name", "id", "queues", "concurrency", "running", "heartbeat_age"])
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 12h or 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+@main.command()
+@click.option("--older-than", required=True, help="Age of finished jobs to delete: 30s, 15m, 12h, 7d.")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["completed", "discarded", "cancelled"]),
+              help="States to prune (repeatable; default all three).")
+@pass_ctx
+def prune(obj: Ctx, older_than: str, states: tuple[str, ...]) -> None:
+    """Delete finished jobs older than a given age."""
+    seconds = parse_duration(older_than)
+    with obj.connect() as conn:
+        (n,) = conn.execute(q("prune"), {"older_than": seconds,
+                                         "states": list(states) or ["completed", "discarded",
+                                                                    "cancelled"]}).fetchone()
+    click.echo(f"deleted {n} jobs")
+
+
+# -- embedded --------------------------------------------------------------------
+
+@main.group()
+def embedded() -> None:
+    """The local PostgreSQL used when no DSN is configured."""
+
+
+@embedded.command("status")
+def embedded_status() -> None:
+    """Where the embedded server lives and whether it runs."""
+    from .embedded import EmbeddedServer
+    s = EmbeddedServer()
+    click.echo(f"directory: {s.directory}\nrunning:   {s.is_running()}\ndsn:       {s.dsn}")
+
+
+@embedded.command("stop")
+def embedded_stop() -> None:
+    """Stop the embedded server."""
+    from .embedded import EmbeddedServer
+    EmbeddedServer().stop()
+    click.echo("stopped")
+
+
+def _register_optional() -> None:
+    try:
+        from .bench import bench
+    except ImportError:  # pragma: no cover
+        return
+    main.add_command(bench)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+"""JobContext: what a task that asks for it (``pass_context=True``) receives first."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .errors import Cancelled
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import App
+
+__all__ = ["JobContext"]
+
+
+class JobContext:
+    """The running job, as seen from inside its task.
+
+    :ivar job_id: the job's id (int).
+    :ivar task: the task name (str).
+    :ivar queue: the queue (str).
+    :ivar attempt: this attempt's number, 1-based (int).
+    :ivar max_attempts: attempts allowed (int).
+    :ivar worker_id: the worker process instance running it (UUID).
+    :ivar connection: for ``transactional=True`` tasks, the job's own transaction (a
+        psycopg ``Connection``, or ``AsyncConnection`` for ``async def`` tasks); its
+        writes commit together with the job's completion, or roll back with a failed
+        attempt. ``None`` otherwise.
+    :ivar app: the :class:`~pgqueue.App`.
+    """
+
+    __slots__ = (
+        "_cancel",
+        "app",
+        "attempt",
+        "connection",
+        "job_id",
+        "max_attempts",
+        "queue",
+        "task",
+        "worker_id",
+    )
+
+    def __init__(self, *, job_id: int, task: str, queue: str, attempt: int, max_attempts: int,
+                 worker_id: uuid.UUID, app: App, connection: Any = None):
+        self.job_id = job_id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.worker_id = worker_id
+        self.app = app
+        self.connection = connection
+        self._cancel = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<JobContext job={self.job_id} task={self.task} attempt={self.attempt}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was requested (``pgqueue jobs cancel``) or the attempt
+        timed out or the worker is shutting down past its grace period."""
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds for cancellation; returns whether it came."""
+        return self._cancel.wait(timeout)
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`~pgqueue.Cancelled` if cancellation was requested."""
+        if self._cancel.is_set():
+            raise Cancelled(f"job {self.job_id} was asked to stop")

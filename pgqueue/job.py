@@ -1,0 +1,178 @@
+"""The job handle returned by every enqueue, and the job states."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from . import serialization
+from ._sql import q
+from .errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import App
+
+__all__ = ["TERMINAL_STATES", "Job", "JobState"]
+
+
+class JobState(str, enum.Enum):
+    """The states of a job (the ``state`` column). See README "States" for the diagram."""
+
+    PENDING = "pending"        # waits on workflow dependencies
+    SCHEDULED = "scheduled"    # run_at in the future (claimable once due)
+    AVAILABLE = "available"    # ready to be claimed
+    RUNNING = "running"        # claimed by a worker; attempt token set
+    RETRYABLE = "retryable"    # failed, waiting for its backoff (claimable once due)
+    COMPLETED = "completed"    # finished successfully; result stored
+    DISCARDED = "discarded"    # failed for good: attempts exhausted or not retryable
+    CANCELLED = "cancelled"    # cancelled before or while running
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+
+
+class Job:
+    """A handle on one job row.
+
+    Returned by ``task.enqueue()`` and friends; cheap to build from an id with
+    ``app.job(id)``. Reading ``state`` the first time queries the database; later
+    reads return the value of the last :meth:`refresh`.
+
+    A job enqueued in a caller's transaction is invisible to other sessions until that
+    transaction commits: :meth:`refresh` from the app's pool raises
+    :class:`~pgqueue.JobNotFound` until then, and :meth:`result` waits.
+    """
+
+    __slots__ = ("_row", "app", "id")
+
+    def __init__(self, app: App, id: int, row: dict[str, Any] | None = None):
+        self.app = app
+        self.id = int(id)
+        self._row = row
+
+    def __repr__(self) -> str:
+        state = self._row["state"] if self._row else "?"
+        return f"<Job {self.id} {state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def refresh(self) -> Job:
+        """Re-read the row (one query on the app's pool). Raises :class:`JobNotFound`."""
+        with self.app.connection() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(q("job_get"), {"id": self.id}).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job with id {self.id} (not committed yet, or pruned)")
+        self._row = row
+        return self
+
+    def _get(self, key: str) -> Any:
+        if self._row is None:
+            self.refresh()
+        return self._row[key]  # type: ignore[index]
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self._get("state"))
+
+    @property
+    def task(self) -> str:
+        return self._get("task")
+
+    @property
+    def queue(self) -> str:
+        return self._get("queue")
+
+    @property
+    def attempt(self) -> int:
+        return self._get("attempt")
+
+    @property
+    def args(self) -> list[Any]:
+        return serialization.decode(self._get("args"))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return serialization.decode(self._get("kwargs"))
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Error history: one dict per failed or interrupted attempt, oldest first."""
+        return self._get("errors")
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """Every column of the job as last read."""
+        if self._row is None:
+            self.refresh()
+        return dict(self._row)  # type: ignore[arg-type]
+
+    def cancel(self) -> JobState | None:
+        """Cancel the job (see ``pgqueue.cancel`` in the README); commits at once.
+
+        :returns: the state after the call: ``cancelled`` for a job that had not
+            started, ``running`` for a running job asked to stop, the terminal state of a
+            finished job (a no-op), ``None`` for an unknown id.
+        """
+        with self.app.connection() as conn:
+            (state,) = conn.execute(q("cancel"), {"id": self.id}).fetchone()
+        self._row = None
+        return JobState(state) if state else None
+
+    def retry(self) -> JobState | None:
+        """Make a discarded/cancelled/retryable/scheduled job available now; commits."""
+        with self.app.connection() as conn:
+            (state,) = conn.execute(q("retry"), {"id": self.id}).fetchone()
+        self._row = None
+        return JobState(state) if state else None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Waits on ``LISTEN pgqueue_done`` (completions notify the ids they finish), so
+        it does not poll; it re-reads the row when its id is announced, and every
+        30 s as a safety net.
+
+        :param timeout: seconds to wait at most; ``None`` waits indefinitely.
+        :returns: the task's return value (tagged JSON decoded).
+        :raises JobFailed: the job was discarded (``.errors`` holds the history).
+        :raises JobCancelled: the job was cancelled.
+        :raises ResultTimeout: ``timeout`` elapsed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
+            conn.execute("listen pgqueue_done")
+            while True:
+                row = conn.execute(q("job_state"), {"id": self.id}).fetchone()
+                if row is not None:
+                    state, result, errors = row
+                    if state == "completed":
+                        self._row = None
+                        return serialization.decode(result)
+                    if state == "discarded":
+                        raise JobFailed(self.id, state, errors)
+                    if state == "cancelled":
+                        raise JobCancelled(self.id, state, errors)
+                wait = 30.0
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise ResultTimeout(f"job {self.id} did not finish within {timeout} s "
+                                            f"(state {row[0] if row else 'not visible'})")
+                me = str(self.id)
+                end = time.monotonic() + wait
+                for n in conn.notifies(timeout=wait):
+                    if me in n.payload.split(","):
+                        break
+                    if time.monotonic() >= end:
+                        break

@@ -1,0 +1,156 @@
+"""Tagged JSON: job arguments and results as plain JSON that any language can read.
+
+JSON has no dates, decimals or UUIDs, so those values travel as small tagged
+objects. The format is part of the SQL contract (see README, "Argument format"):
+
+=====================  ==============================================================
+Python value           JSON
+=====================  ==============================================================
+None, bool, int,       themselves (ints of any size; floats must be finite)
+float, str
+list, tuple            array (a tuple comes back as a list)
+dict (str keys)        object; a dict that has the key ``"$type"`` is wrapped as
+                       ``{"$type": "object", "value": {...}}`` so it never reads as a tag
+aware datetime         ``{"$type": "datetime", "value": "2026-11-29T09:00:00+00:00"}``
+date                   ``{"$type": "date", "value": "2026-11-29"}``
+time (naive or aware)  ``{"$type": "time", "value": "10:00:00"}``
+timedelta              ``{"$type": "timedelta", "value": 1.5}`` (seconds)
+Decimal                ``{"$type": "decimal", "value": "12.30"}`` (scale kept)
+UUID                   ``{"$type": "uuid", "value": "12345678-1234-5678-1234-567812345678"}``
+bytes                  ``{"$type": "bytes", "value": "<base64>"}``
+=====================  ==============================================================
+
+Rejected with :class:`~pgqueue.SerializationError` (a ``TypeError``) before any SQL
+runs: naive datetimes (they name no instant; attach a tzinfo), strings or keys with
+NUL characters (PostgreSQL's ``jsonb`` cannot store them), non-finite floats, dict
+keys that are not strings, and any other type (sets, objects, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from .errors import SerializationError
+
+__all__ = ["TAG", "decode", "dumps", "encode", "loads"]
+
+TAG = "$type"
+
+
+def _bad(path: str, message: str) -> SerializationError:
+    return SerializationError(f"argument {path}: {message}")
+
+
+def encode(value: Any, path: str = "value") -> Any:
+    """Turn a Python value into plain JSON types (tagging rich types).
+
+    :param value: the value to encode.
+    :param path: where the value sits, used in error messages (``args[0]["when"]``).
+    :returns: a structure of dict/list/str/int/float/bool/None.
+    :raises SerializationError: (a ``TypeError``) for values the format refuses.
+    """
+    t = type(value)
+    if value is None or t is bool or t is int:
+        return value
+    if t is str:
+        if "\x00" in value:
+            raise _bad(path, "contains a NUL character (\\x00), which PostgreSQL cannot store; "
+                             "remove it or send the data as bytes")
+        return value
+    if t is float:
+        if not math.isfinite(value):
+            raise _bad(path, f"float {value!r} is not finite; JSON has no NaN or Infinity")
+        return value
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _bad(path, f"dict key {k!r} is a {type(k).__name__}; keys must be str")
+            if "\x00" in k:
+                raise _bad(path, "dict key contains a NUL character (\\x00)")
+            out[k] = encode(v, f"{path}[{k!r}]")
+        if TAG in out:
+            return {TAG: "object", "value": out}
+        return out
+    if t is list or t is tuple:
+        return [encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+            raise _bad(path, f"naive datetime {value.isoformat()} names no instant; "
+                             "attach a timezone, e.g. datetime.now(timezone.utc)")
+        return {TAG: "datetime", "value": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {TAG: "date", "value": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {TAG: "time", "value": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {TAG: "timedelta", "value": value.total_seconds()}
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise _bad(path, f"Decimal {value} is not finite")
+        return {TAG: "decimal", "value": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {TAG: "uuid", "value": str(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {TAG: "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
+    # Subclasses of the basic types (IntEnum, str subclasses, OrderedDict...).
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return encode(float(value), path)
+    if isinstance(value, str):
+        return encode(str(value), path)
+    if isinstance(value, dict):
+        return encode(dict(value), path)
+    if isinstance(value, (list, tuple)):
+        return encode(list(value), path)
+    raise _bad(path, f"type {t.__module__}.{t.__qualname__} is not supported; pass JSON types, "
+                     "datetime (aware), date, time, timedelta, Decimal, UUID or bytes")
+
+
+_DECODERS = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(seconds=v),
+    "decimal": Decimal,
+    "uuid": uuid.UUID,
+    "bytes": lambda v: base64.b64decode(v),
+}
+
+
+def decode(value: Any) -> Any:
+    """Inverse of :func:`encode`: rebuild rich Python values from tagged JSON."""
+    t = type(value)
+    if t is list:
+        return [decode(v) for v in value]
+    if t is dict:
+        tag = value.get(TAG)
+        if tag is not None and len(value) == 2 and "value" in value:
+            if tag == "object":
+                return {k: decode(v) for k, v in value["value"].items()}
+            fn = _DECODERS.get(tag)
+            if fn is not None:
+                return fn(value["value"])
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+def dumps(value: Any, path: str = "value") -> str:
+    """Encode and serialize to a JSON string (for a ``jsonb`` parameter)."""
+    return json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Parse JSON text and decode tags."""
+    if text is None:
+        return None
+    return decode(json.loads(text))

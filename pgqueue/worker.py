@@ -1,0 +1,814 @@
+"""The worker: claim loop, executor, completer, heartbeat, listener, shutdown.
+
+One process is one :class:`Worker`. It keeps four dedicated connections, none from the
+app's pool, so a task that exhausts the pool cannot stall the worker's bookkeeping:
+
+- *claim*: ``pgqueue.claim`` in batches sized to free slots (``FOR UPDATE SKIP
+  LOCKED``; the row becomes ``running`` with a new attempt token in the same
+  statement, so no transaction stays open while user code runs);
+- *completer*: records completions in batches and failures (fenced by the attempt
+  token: a stale worker's late outcome changes nothing);
+- *heartbeat*: refreshes the worker row every ``heartbeat_interval`` seconds, picks up
+  cancellation requests, and rescues running jobs of dead workers;
+- *listener*: ``LISTEN pgqueue_jobs`` / ``pgqueue_cancel``; after any reconnect it
+  triggers a catch-up claim. Omitted in poll-only mode (for transaction poolers).
+
+A watchdog shuts down the socket of any of them that hangs (a black-holed network),
+so every connection recovers on its own; the process never exits because the
+database went away for a while.
+
+Sync tasks run on ``concurrency`` threads; ``async def`` tasks on one event loop
+thread; both share the same ``concurrency`` slots.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Worker.stop`): stop claiming, let running jobs
+finish for ``shutdown_grace`` seconds, then hand unfinished ones back in one
+transaction (the interrupted attempt does not count) and exit. A second signal skips
+the rest of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import queue as queue_mod
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from . import migrate, serialization
+from ._sql import q
+from .app import App, Task
+from .context import JobContext
+from .errors import Cancelled, ConfigurationError, Discard, RetryLater, SchemaError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("pgqueue.worker")
+
+#: server-side bounds of every statement the worker runs for itself (milliseconds)
+BOOKKEEPING_SETTINGS = {
+    "statement_timeout": "30000",
+    "lock_timeout": "5000",
+    "idle_in_transaction_session_timeout": "60000",
+}
+#: seconds a bookkeeping round trip may take before the watchdog cuts the socket
+IO_TIMEOUT = 45.0
+COMPLETE_BATCH = 400
+
+
+def _error_dict(exc: BaseException, tb: str | None = None) -> dict[str, Any]:
+    cls = type(exc)
+    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc),
+            "traceback": tb if tb is not None else "".join(
+                traceback.format_exception(cls, exc, exc.__traceback__))}
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError,
+                            pgerrors.DeadlockDetected, pgerrors.SerializationFailure,
+                            pgerrors.LockNotAvailable, pgerrors.QueryCanceled))
+
+
+@dataclasses.dataclass(eq=False)
+class _Running:
+    id: int
+    attempt: int
+    task: Task | None
+    name: str
+    queue: str
+    args: Any
+    kwargs: Any
+    ctx: JobContext
+    timeout: float | None
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    abandoned: bool = False          # outcome decided elsewhere (timeout, shutdown)
+    future: Any = None               # concurrent.futures.Future of an async task
+
+
+class _Conn:
+    """A dedicated autocommit connection that reconnects and can be cut by the watchdog."""
+
+    def __init__(self, worker: Worker, role: str):
+        self.worker = worker
+        self.role = role
+        self.conn: psycopg.Connection | None = None
+        self.busy_since: float | None = None
+        self.failures = 0
+
+    def get(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.close()
+            self.conn = self.worker._connect(self.role)
+        return self.conn
+
+    def close(self) -> None:
+        c, self.conn = self.conn, None
+        if c is not None:
+            try:
+                c.close()
+            except Exception:  # pragma: no cover - closing a broken connection
+                pass
+
+    def run(self, fn: Callable[[psycopg.Connection], Any]) -> Any:
+        """Run ``fn(conn)``; on a connection error drop the connection and re-raise."""
+        conn = self.get()
+        self.busy_since = time.monotonic()
+        try:
+            out = fn(conn)
+            self.failures = 0
+            return out
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self.close()
+            self.failures += 1
+            raise
+        finally:
+            self.busy_since = None
+
+    def backoff(self) -> float:
+        return min(5.0, 0.1 * 2 ** min(self.failures, 6))
+
+    def cut(self) -> None:
+        """Shut the socket down from another thread, so a blocked call returns."""
+        c = self.conn
+        if c is None:
+            return
+        try:
+            fd = c.pgconn.socket
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            finally:
+                s.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+class Worker:
+    """Runs jobs of ``app``'s registered tasks.
+
+    :param app: the :class:`~pgqueue.App` whose tasks this worker runs; it only claims
+        jobs of task names registered there (old and new service versions can share a
+        queue during a rolling deploy).
+    :param queues: queue names to claim from; ``None`` (default) claims from every queue.
+    :param concurrency: jobs run at once (int >= 1, default 10).
+    :param poll_interval: seconds between claims when no notification arrives (default
+        5.0; the worker also wakes at the earliest due ``scheduled``/``retryable`` job).
+    :param shutdown_grace: seconds running jobs may finish after SIGTERM (default 30.0).
+    :param heartbeat_interval: seconds between heartbeats (default 2.0); must be at most
+        a third of ``stale_after``.
+    :param stale_after: seconds without heartbeat after which a worker counts as dead and
+        its running jobs are rescued by any live worker (default 10.0). A dead worker's
+        job is running again within ``stale_after + heartbeat_interval`` seconds.
+    :param listen: use LISTEN/NOTIFY (default True). ``False`` is poll-only mode, for a
+        transaction pooler such as PgBouncer in transaction mode.
+    :param name: a label shown in ``pgqueue workers`` (default ``host:pid``). Ownership is
+        keyed on a fresh per-process UUID, never on this name.
+    :param schema_wait: seconds to wait at start for ``pgqueue migrate`` to install or
+        upgrade the schema before refusing to run (default 30.0).
+    :param claim_batch: most jobs claimed per round trip (default: free slots, at most 100).
+    """
+
+    def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 10,
+                 poll_interval: float = 5.0, shutdown_grace: float = 30.0,
+                 heartbeat_interval: float = 2.0, stale_after: float = 10.0,
+                 listen: bool = True, name: str | None = None, schema_wait: float = 30.0,
+                 claim_batch: int = 100):
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if heartbeat_interval * 3 > stale_after + 1e-9:
+            raise ConfigurationError(
+                f"heartbeat_interval ({heartbeat_interval} s) must be at most a third of "
+                f"stale_after ({stale_after} s), or live jobs could look dead")
+        if poll_interval <= 0:
+            raise ConfigurationError("poll_interval must be > 0 seconds")
+        self.app = app
+        self.id = uuid.uuid4()
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.listen = listen
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.schema_wait = schema_wait
+        self.claim_batch = max(1, claim_batch)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._hurry = threading.Event()      # second signal: skip the grace period
+        self._done = threading.Event()       # bookkeeping threads may exit
+        self._more = True                    # a claim may find work
+        self._busy = 0                       # functions executing now
+        self._running: dict[int, _Running] = {}   # owned jobs not yet recorded
+        self._need_release = False
+        self._tasks_names: list[str] = []
+        self._exec_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._complete_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._completer_idle = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        self._claim = _Conn(self, "claim")
+        self._completer = _Conn(self, "complete")
+        self._heart = _Conn(self, "heartbeat")
+        self._listener = _Conn(self, "listen")
+        self._listener_ok = time.monotonic()
+        self.last_heartbeat: float | None = None
+        self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0}
+
+    # -- connections -----------------------------------------------------------------
+
+    def _connect(self, role: str) -> psycopg.Connection:
+        conn = psycopg.connect(
+            self.app.conninfo, autocommit=True, application_name=f"pgqueue-worker:{role}",
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            connect_timeout=10,
+            prepare_threshold=0 if self.listen else None)
+        for k, v in BOOKKEEPING_SETTINGS.items():
+            conn.execute("select set_config(%s, %s, false)", (k, v))
+        return conn
+
+    # -- public ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully (thread- and signal-safe)."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until stopped; returns the process exit code (0 after a clean shutdown).
+
+        :raises SchemaError: the schema stayed missing or outdated for ``schema_wait`` s.
+        """
+        self._tasks_names = sorted(n for n, t in self.app.tasks.items() if t.fn is not None)
+        if not self._tasks_names:
+            raise ConfigurationError("the app has no tasks registered; check --app")
+        self._wait_for_schema()
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self._heartbeat_once()
+        log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%d",
+                 self.name, self.id, self.queues or "all", self.concurrency,
+                 len(self._tasks_names))
+        self._start_threads()
+        try:
+            self._claim_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    # -- startup ---------------------------------------------------------------------
+
+    def _wait_for_schema(self) -> None:
+        deadline = time.monotonic() + self.schema_wait
+        said = False
+        while True:
+            try:
+                self._claim.run(migrate.check_schema)
+                return
+            except SchemaError as e:
+                if "newer than this code" in str(e) or time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    log.warning("%s; waiting up to %.0f s", e, self.schema_wait)
+                    said = True
+            except psycopg.OperationalError as e:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("cannot connect yet: %s", e)
+            time.sleep(0.2)
+
+    def _start_threads(self) -> None:
+        def start(target: Callable[[], None], name: str) -> None:
+            t = threading.Thread(target=target, name=f"pgqueue-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+        if any(t.is_async for t in self.app.tasks.values()):
+            self._loop = asyncio.new_event_loop()
+            start(self._loop.run_forever, "asyncio")
+        if any(not t.is_async for t in self.app.tasks.values() if t.fn is not None):
+            for i in range(self.concurrency):
+                start(self._executor_thread, f"exec-{i}")
+        start(self._completer_thread, "completer")
+        start(self._heartbeat_thread, "heartbeat")
+        start(self._watchdog_thread, "watchdog")
+        if self.listen:
+            start(self._listener_thread, "listener")
+
+    # -- claim loop ------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        last_poll = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._check_timeouts()
+            free = self.concurrency - self._busy
+            wait = self.poll_interval
+            if free > 0 and self._more:
+                n = min(free, self.claim_batch)
+                try:
+                    got = self._claim_batch(n)
+                except Exception as e:
+                    if not _transient(e):
+                        log.exception("claim failed")
+                    else:
+                        log.warning("claim failed (%s); retrying", str(e).strip())
+                    self._stopping.wait(self._claim.backoff() if self._claim.failures else 1.0)
+                    continue
+                last_poll = time.monotonic()
+                if got == n:
+                    continue          # there may be more; claim again while slots are free
+                self._more = False
+                wait = self._next_wait()
+            elif free > 0:
+                wait = max(0.0, self.poll_interval - (time.monotonic() - last_poll))
+            wait = min(wait, self._next_deadline())
+            if not self._wake.wait(wait):
+                self._more = True  # poll interval or a due time elapsed
+
+    def _next_wait(self) -> float:
+        try:
+            due = self._claim.run(lambda c: c.execute(
+                q("next_due"), {"queues": self.queues, "tasks": self._tasks_names},
+                prepare=self.listen).fetchone()[0])
+        except Exception:
+            return 1.0
+        if due is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(0.05, due))
+
+    def _claim_batch(self, n: int) -> int:
+        def work(conn: psycopg.Connection) -> list[tuple]:
+            if self._need_release:
+                with self._lock:
+                    known = list(self._running)
+                released = conn.execute(q("release_unknown"),
+                                        {"worker_id": self.id, "known": known}).fetchall()
+                if released:
+                    log.warning("released %d jobs whose claim reply was lost", len(released))
+                self._need_release = False
+            return conn.execute(q("claim"), {"worker_id": self.id, "queues": self.queues,
+                                             "tasks": self._tasks_names, "batch": n},
+                                prepare=self.listen).fetchall()
+        try:
+            rows = self._claim.run(work)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            # The claim may have committed without our seeing the rows: release them
+            # (not counted as an attempt) before claiming again.
+            self._need_release = True
+            raise
+        for row in rows:
+            self._dispatch(row)
+        self.stats["claimed"] += len(rows)
+        return len(rows)
+
+    def _dispatch(self, row: tuple) -> None:
+        (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, timeout, _run_at,
+         cancel_requested) = row
+        task = self.app.tasks.get(name)
+        ctx = JobContext(job_id=job_id, task=name, queue=queue, attempt=attempt,
+                         max_attempts=max_attempts, worker_id=self.id, app=self.app)
+        r = _Running(id=job_id, attempt=attempt, task=task, name=name, queue=queue, args=args,
+                     kwargs=kwargs, ctx=ctx,
+                     timeout=timeout if timeout is not None else (task.timeout if task else None))
+        if cancel_requested is not None:
+            ctx._cancel.set()
+        with self._lock:
+            self._running[job_id] = r
+            self._busy += 1
+        log.debug("claimed job %s %s attempt %s", job_id, name, attempt,
+                  extra={"job_id": job_id, "task": name, "attempt": attempt})
+        if task is not None and task.is_async:
+            assert self._loop is not None
+            r.future = asyncio.run_coroutine_threadsafe(self._run_async(r), self._loop)
+        else:
+            self._exec_q.put(r)
+
+    def _next_deadline(self) -> float:
+        now = time.monotonic()
+        soonest = 3600.0
+        with self._lock:
+            for r in self._running.values():
+                if r.timeout and not r.abandoned and r.future is None:
+                    soonest = min(soonest, r.started + r.timeout - now)
+        return max(0.0, soonest)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            for r in self._running.values():
+                if (r.timeout and not r.abandoned and r.future is None
+                        and now - r.started >= r.timeout):
+                    r.abandoned = True
+                    expired.append(r)
+        for r in expired:
+            r.ctx._cancel.set()
+            err = {"type": "builtins.TimeoutError",
+                   "message": f"attempt exceeded its timeout of {r.timeout} s",
+                   "traceback": None}
+            log.warning("job %s %s timed out after %s s", r.id, r.name, r.timeout)
+            self._record_failure(r, err)
+
+    # -- execution -------------------------------------------------------------------
+
+    def _executor_thread(self) -> None:
+        while True:
+            r = self._exec_q.get()
+            if r is None:
+                return
+            try:
+                self._run_sync(r)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                self._wake.set()
+
+    def _call_args(self, r: _Running) -> tuple[list[Any], dict[str, Any]]:
+        args = serialization.decode(r.args)
+        kwargs = serialization.decode(r.kwargs)
+        if r.task is not None and r.task.pass_context:
+            args = [r.ctx, *args]
+        return args, kwargs
+
+    def _run_sync(self, r: _Running) -> None:
+        task = r.task
+        if task is None:   # not registered here (claimed only by name filter races)
+            self._record_failure(r, {"type": "pgqueue.UnknownTask",
+                                     "message": f"task {r.name!r} is not registered in this "
+                                                "worker", "traceback": None}, discard=False)
+            return
+        try:
+            args, kwargs = self._call_args(r)
+            if task.transactional:
+                self._run_transactional(r, args, kwargs)
+                return
+            result = task.fn(*args, **kwargs)
+            self._record_success(r, result)
+        except BaseException as e:  # noqa: BLE001 - every failure is recorded
+            self._record_exception(r, e)
+
+    def _run_transactional(self, r: _Running, args: list[Any], kwargs: dict[str, Any]) -> None:
+        with self.app.connection() as conn, conn.transaction():
+            r.ctx.connection = conn
+            result = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
+            payload = serialization.dumps(result, "result")
+            with self._lock:
+                if r.abandoned:
+                    raise _Abandoned()
+            row = conn.execute(q("complete_one"), {
+                "worker_id": self.id, "id": r.id, "attempt": r.attempt,
+                "result": payload}).fetchone()
+            if row is None or row[0] is None:
+                raise _Abandoned()  # fenced out: roll the task's writes back
+        r.ctx.connection = None
+        self._forget(r)
+        self.stats["completed"] += 1
+
+    async def _run_async(self, r: _Running) -> None:
+        task = r.task
+        assert task is not None
+        try:
+            try:
+                args, kwargs = self._call_args(r)
+                if task.transactional:
+                    result = await self._run_async_transactional(r, args, kwargs)
+                    if result is _DONE:
+                        return
+                else:
+                    coro = task.fn(*args, **kwargs)
+                    result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
+            except asyncio.TimeoutError as e:
+                self._record_failure(r, {"type": "builtins.TimeoutError",
+                                         "message": f"attempt exceeded its timeout of {r.timeout} s",
+                                         "traceback": "".join(traceback.format_exception(e))})
+                return
+            except asyncio.CancelledError as e:
+                self._record_exception(r, Cancelled(str(e) or "cancelled"))
+                return
+            except BaseException as e:  # noqa: BLE001
+                self._record_exception(r, e)
+                return
+            self._record_success(r, result)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._wake.set()
+
+    async def _run_async_transactional(self, r: _Running, args: list[Any],
+                                       kwargs: dict[str, Any]) -> Any:
+        conn = await psycopg.AsyncConnection.connect(self.app.conninfo, autocommit=True)
+        async with conn, conn.transaction():
+            r.ctx.connection = conn
+            coro = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
+            result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
+            payload = serialization.dumps(result, "result")
+            cur = await conn.execute(q("complete_one"), {
+                "worker_id": self.id, "id": r.id, "attempt": r.attempt, "result": payload})
+            row = await cur.fetchone()
+            if row is None or row[0] is None:
+                raise _Abandoned()
+        r.ctx.connection = None
+        self._forget(r)
+        self.stats["completed"] += 1
+        return _DONE
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _record_success(self, r: _Running, result: Any) -> None:
+        try:
+            payload = serialization.dumps(result, "result")
+        except Exception as e:  # noqa: BLE001 - an unstorable result fails the job for good
+            self._record_failure(r, _error_dict(e), discard=True)
+            return
+        with self._lock:
+            if r.abandoned:
+                return
+        self._complete_q.put(("complete", r, payload))
+
+    def _record_exception(self, r: _Running, e: BaseException) -> None:
+        if isinstance(e, _Abandoned):
+            self._forget(r)
+            return
+        with self._lock:
+            if r.abandoned:
+                return
+        err = _error_dict(e)
+        if isinstance(e, RetryLater):
+            self._record_failure(r, err, retry_delay=e.delay)
+        elif isinstance(e, Discard):
+            self._record_failure(r, err, discard=True)
+        else:
+            retry = r.task.retry.retry if r.task is not None else True
+            if not isinstance(e, Exception) and not isinstance(e, Cancelled):
+                log.error("job %s raised %s", r.id, type(e).__name__)
+            self._record_failure(r, err, discard=not retry)
+
+    def _record_failure(self, r: _Running, err: dict[str, Any], *, discard: bool = False,
+                        retry_delay: float | None = None) -> None:
+        log.info("job %s %s attempt %s failed: %s: %s", r.id, r.name, r.attempt,
+                 err.get("type"), err.get("message"),
+                 extra={"job_id": r.id, "task": r.name, "attempt": r.attempt})
+        self._complete_q.put(("fail", r, (err, discard, retry_delay)))
+
+    def _forget(self, r: _Running) -> None:
+        with self._lock:
+            self._running.pop(r.id, None)
+
+    # -- completer -------------------------------------------------------------------
+
+    def _completer_thread(self) -> None:
+        pending: list[tuple[str, _Running, Any]] = []
+        while True:
+            if not pending:
+                self._completer_idle.set()
+                try:
+                    item = self._complete_q.get(timeout=0.5)
+                except queue_mod.Empty:
+                    if self._done.is_set():
+                        return
+                    continue
+                self._completer_idle.clear()
+                if item is None:
+                    return
+                pending.append(item)
+            while len(pending) < COMPLETE_BATCH:
+                try:
+                    item = self._complete_q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if item is None:
+                    self._complete_q.put(None)
+                    break
+                pending.append(item)
+            try:
+                self._completer.run(lambda c, p=pending: self._flush(c, p))
+                pending = []
+            except Exception as e:
+                if _transient(e):
+                    log.warning("recording %d outcomes failed (%s); retrying", len(pending),
+                                str(e).strip())
+                    time.sleep(self._completer.backoff())
+                else:
+                    log.exception("recording outcomes failed; retrying one by one")
+                    pending = self._flush_one_by_one(pending)
+
+    def _flush(self, conn: psycopg.Connection, items: list[tuple[str, _Running, Any]]) -> None:
+        done = [(r, p) for kind, r, p in items if kind == "complete"]
+        fails = [(r, p) for kind, r, p in items if kind == "fail"]
+        with conn.transaction():
+            if done:
+                conn.execute(q("complete"), {
+                    "worker_id": self.id, "ids": [r.id for r, _ in done],
+                    "attempts": [r.attempt for r, _ in done],
+                    "results": [p for _, p in done]}, prepare=self.listen)
+            states = []
+            for r, (err, discard, delay) in fails:
+                policy = r.task.retry if r.task is not None else None
+                (state,) = conn.execute(q("fail"), {
+                    "worker_id": self.id, "id": r.id, "attempt": r.attempt,
+                    "error": serialization.dumps(err, "error"), "retry_delay": delay,
+                    "discard": discard,
+                    "backoff_base": policy.base if policy else 1.0,
+                    "backoff_cap": policy.cap if policy else 3600.0},
+                    prepare=self.listen).fetchone()
+                states.append(state)
+        with self._lock:
+            for r, _ in done:
+                self._running.pop(r.id, None)
+            for r, _ in fails:
+                self._running.pop(r.id, None)
+        self.stats["completed"] += len(done)
+        self.stats["failed"] += len(fails)
+        if fails:   # a retry may be due before the next poll: recompute the wake-up time
+            self._more = True
+            self._wake.set()
+
+    def _flush_one_by_one(self, items: list[tuple[str, _Running, Any]]) -> list:
+        left = []
+        for item in items:
+            try:
+                self._completer.run(lambda c, it=item: self._flush(c, [it]))
+            except Exception as e:  # noqa: BLE001
+                if _transient(e):
+                    left.append(item)
+                    continue
+                kind, r, _ = item
+                if kind == "complete":   # e.g. a result the database refuses: fail the job
+                    left.append(("fail", r, (_error_dict(e), True, None)))
+                else:
+                    log.error("cannot record failure of job %s: %s", r.id, e)
+                    self._forget(r)
+        return left
+
+    # -- heartbeat, rescue, cancellation -----------------------------------------------
+
+    def _heartbeat_once(self) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            rows = conn.execute(q("heartbeat"), {
+                "worker_id": self.id, "name": self.name, "hostname": socket.gethostname(),
+                "pid": os.getpid(), "queues": self.queues, "tasks": self._tasks_names,
+                "concurrency": self.concurrency}, prepare=self.listen).fetchall()
+            self.last_heartbeat = time.monotonic()
+            for (job_id,) in rows:
+                self._signal_cancel(job_id)
+            rescued = conn.execute(q("rescue"), {"stale_after": self.stale_after},
+                                   prepare=self.listen).fetchall()
+            if rescued:
+                self.stats["rescued"] += len(rescued)
+                log.warning("rescued %d jobs of dead workers: %s", len(rescued),
+                            ", ".join(f"{i}->{s}" for i, s in rescued[:20]))
+                self._more = True
+                self._wake.set()
+        self._heart.run(work)
+
+    def _heartbeat_thread(self) -> None:
+        next_at = time.monotonic() + self.heartbeat_interval
+        while not self._done.wait(max(0.0, next_at - time.monotonic())):
+            next_at = time.monotonic() + self.heartbeat_interval
+            try:
+                self._heartbeat_once()
+            except Exception as e:  # noqa: BLE001
+                log.warning("heartbeat failed: %s", str(e).strip())
+                next_at = time.monotonic() + min(self.heartbeat_interval, self._heart.backoff())
+
+    def _signal_cancel(self, job_id: int) -> None:
+        with self._lock:
+            r = self._running.get(job_id)
+        if r is None or r.ctx._cancel.is_set():
+            return
+        log.info("job %s asked to cancel", job_id)
+        r.ctx._cancel.set()
+        if r.future is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(r.future.cancel)
+
+    # -- listener --------------------------------------------------------------------
+
+    def _listener_thread(self) -> None:
+        health_every = 5.0
+        while not self._done.is_set():
+            try:
+                conn = self._listener.run(lambda c: c)
+                conn.execute("listen pgqueue_jobs")
+                conn.execute("listen pgqueue_cancel")
+                self._listener_ok = time.monotonic()
+                self._more = True        # catch up on what arrived while we were away
+                self._wake.set()
+                last_check = time.monotonic()
+                while not self._done.is_set():
+                    for n in conn.notifies(timeout=1.0):
+                        self._on_notify(n)
+                    self._listener_ok = time.monotonic()
+                    if time.monotonic() - last_check >= health_every:
+                        self._listener.run(lambda c: c.execute("select 1"))
+                        self._listener_ok = last_check = time.monotonic()
+            except Exception as e:  # noqa: BLE001
+                if self._done.is_set():
+                    return
+                log.warning("listener connection lost (%s); reconnecting", str(e).strip())
+                self._listener.close()
+                self._done.wait(self._listener.backoff() or 0.5)
+                self._listener.failures += 1
+
+    def _on_notify(self, n: psycopg.Notify) -> None:
+        if n.channel == "pgqueue_jobs":
+            if self.queues is None or n.payload in self.queues:
+                self._more = True
+                self._wake.set()
+        elif n.channel == "pgqueue_cancel":
+            try:
+                self._signal_cancel(int(n.payload))
+            except ValueError:
+                pass
+
+    # -- watchdog --------------------------------------------------------------------
+
+    def _watchdog_thread(self) -> None:
+        while not self._done.wait(1.0):
+            now = time.monotonic()
+            for c in (self._claim, self._completer, self._heart, self._listener):
+                if c.busy_since is not None and now - c.busy_since > IO_TIMEOUT:
+                    log.warning("%s connection stuck for %.0f s; cutting it", c.role,
+                                now - c.busy_since)
+                    c.cut()
+            if self.listen and now - self._listener_ok > 15.0:
+                log.warning("listener silent for %.0f s; cutting its connection",
+                            now - self._listener_ok)
+                self._listener_ok = now
+                self._listener.cut()
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        log.info("worker %s stopping: %d jobs running, grace %.1f s", self.name, self._busy,
+                 self.shutdown_grace)
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._busy > 0 and time.monotonic() < deadline and not self._hurry.is_set():
+            self._check_timeouts()
+            self._wake.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            self._wake.clear()
+        with self._lock:
+            leftovers = [r for r in self._running.values() if not r.abandoned]
+            for r in leftovers:
+                r.abandoned = True
+        for r in leftovers:
+            r.ctx._cancel.set()
+            if r.future is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(r.future.cancel)
+        # Record every outcome already known, then hand back the rest in one transaction.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._complete_q.empty() and self._completer_idle.is_set():
+                break
+            time.sleep(0.01)
+        with self._lock:
+            back = [r for r in self._running.values() if r in leftovers]
+        if back:
+            try:
+                handed = self._claim.run(lambda c: c.execute(q("hand_back"), {
+                    "worker_id": self.id, "ids": [r.id for r in back],
+                    "attempts": [r.attempt for r in back]}).fetchall())
+                log.info("handed back %d unfinished jobs", len(handed))
+            except Exception as e:  # noqa: BLE001
+                log.error("could not hand back %d jobs (%s); they will be rescued after "
+                          "%.0f s", len(back), e, self.stale_after)
+        try:
+            self._claim.run(lambda c: c.execute(q("worker_delete"), {"worker_id": self.id}))
+        except Exception:  # noqa: BLE001
+            pass
+        self._done.set()
+        self._complete_q.put(None)
+        for _ in range(self.concurrency):
+            self._exec_q.put(None)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._listener.cut()
+        for t in self._threads:
+            if t.name in ("pgqueue-completer", "pgqueue-heartbeat", "pgqueue-watchdog",
+                          "pgqueue-listener"):
+                t.join(timeout=5)
+        for c in (self._claim, self._completer, self._heart, self._listener):
+            c.close()
+        log.info("worker %s stopped", self.name)
+
+
+class _Abandoned(Exception):
+    """Internal: the attempt's outcome was decided elsewhere; roll back and forget it."""
+
+
+_DONE = object()

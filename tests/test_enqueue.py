@@ -1,0 +1,174 @@
+"""Guarantees 1 and 7: transactional enqueue and bad input, on a real PostgreSQL."""
+
+import datetime as dt
+import time
+
+import psycopg
+import pytest
+
+import pgqueue
+from pgqueue import EnqueueError, SerializationError
+
+from .conftest import wait_until
+
+
+def jobs(conn):
+    return conn.execute("select id, task, state from pgqueue.jobs order by id").fetchall()
+
+
+@pytest.fixture
+def add(app):
+    @app.task(name="t.add")
+    def add(a, b):
+        return a + b
+    return add
+
+
+def test_job_exists_iff_the_transaction_commits(app, add, dsn, conn):
+    with psycopg.connect(dsn) as c:
+        job = add.using(connection=c).enqueue(1, 2)
+        assert jobs(conn) == []                 # invisible before commit
+        c.rollback()
+    assert jobs(conn) == []
+    with psycopg.connect(dsn) as c:
+        job = add.using(connection=c).enqueue(1, 2)
+        c.commit()
+    assert jobs(conn) == [(job.id, "t.add", "available")]
+
+
+def test_savepoint_rollback_discards_only_its_jobs(app, add, dsn, conn):
+    with psycopg.connect(dsn) as c, c.transaction():
+        kept = add.using(connection=c).enqueue(1, 1)
+        with pytest.raises(RuntimeError), c.transaction():
+            add.using(connection=c).enqueue(2, 2)
+            raise RuntimeError("inner block fails")
+        kept2 = add.using(connection=c).enqueue(3, 3)
+    assert [r[0] for r in jobs(conn)] == [kept.id, kept2.id]
+
+
+def test_notify_is_delivered_at_commit_not_before(app, add, dsn):
+    with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn) as producer:
+        listener.execute("listen pgqueue_jobs")
+        add.using(connection=producer).enqueue(1, 2)
+        assert list(listener.notifies(timeout=0.3)) == []
+        producer.commit()
+        got = list(listener.notifies(timeout=2, stop_after=1))
+        assert [(n.channel, n.payload) for n in got] == [("pgqueue_jobs", "default")]
+
+
+@pytest.mark.parametrize("kind", ["ascii", "json", "euro"])
+def test_large_args_commit_and_notify_payload_stays_small(app, dsn, conn, kind):
+    """Case B07: args far beyond NOTIFY's 8000-byte limit."""
+    seen = []
+
+    @app.task(name="t.echo")
+    def echo(x):
+        seen.append(x)
+        return len(x)
+
+    value = {"ascii": "a" * 10_000, "json": {"k": ["x" * 100] * 1000},
+             "euro": "€" * 2700}[kind]
+    with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn) as c:
+        listener.execute("listen pgqueue_jobs")
+        c.execute("create table if not exists biz (id int)")
+        c.execute("insert into biz values (1)")
+        job = echo.using(connection=c).enqueue(value)
+        c.commit()
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+        assert notes and all(len(n.payload.encode()) < 100 for n in notes)
+    assert conn.execute("select count(*) from biz").fetchone()[0] == 1
+    assert job.refresh().args == [value]
+
+
+def test_bulk_enqueue_sends_one_notification_per_queue(app, add, dsn, conn):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("listen pgqueue_jobs")
+        with psycopg.connect(dsn) as c:
+            n = add.using(connection=c).enqueue_many((i, i) for i in range(1000))
+            n2 = add.using(connection=c, queue="other").enqueue_many([(1, 1)] * 10)
+            c.commit()
+        assert (n, n2) == (1000, 10)
+        notes = list(listener.notifies(timeout=1))
+        assert sorted(x.payload for x in notes) == ["default", "other"]
+    assert conn.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 1010
+
+
+def test_bulk_enqueue_with_delay_and_unique_key_uses_database_clock(app, add, conn):
+    n = add.using(delay=60).enqueue_many([(1, 2), (3, 4)])
+    assert n == 2
+    rows = conn.execute("select state, extract(epoch from run_at - created_at) "
+                        "from pgqueue.jobs").fetchall()
+    assert all(s == "scheduled" and 59 < d < 61 for s, d in rows)
+    assert add.using(unique_key="u").enqueue_many([(1, 1), (2, 2)]) == 1
+
+
+@pytest.mark.parametrize("bad", [
+    lambda t, c: t.using(connection=c).enqueue(dt.datetime(2026, 11, 29, 10, 0)),
+    lambda t, c: t.using(connection=c).enqueue("nul\x00"),
+    lambda t, c: t.using(connection=c).enqueue({1, 2}),
+    lambda t, c: t.using(connection=c, delay=-1).enqueue(1),
+    lambda t, c: t.using(connection=c, run_at=dt.datetime(2030, 1, 1)).enqueue(1),
+    lambda t, c: t.using(connection=c, priority=10**6).enqueue(1),
+    lambda t, c: t.using(connection=c, queue="").enqueue(1),
+    lambda t, c: t.using(connection=c, max_attempts=0).enqueue(1),
+])
+def test_bad_input_raises_before_sql_and_leaves_the_transaction_usable(app, add, dsn, conn, bad):
+    with psycopg.connect(dsn) as c:
+        c.execute("create table if not exists biz (id int)")
+        c.execute("insert into biz values (7)")
+        with pytest.raises((SerializationError, EnqueueError)) as info:
+            bad(add, c)
+        assert isinstance(info.value, (TypeError, ValueError))
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        ok = add.using(connection=c).enqueue(1, 2)   # the transaction still works
+        c.commit()
+    assert conn.execute("select count(*) from biz").fetchone()[0] == 1
+    assert jobs(conn) == [(ok.id, "t.add", "available")]
+
+
+def test_unique_key_returns_the_existing_unfinished_job(app, add, conn):
+    a = add.using(unique_key="report:7").enqueue(1, 1)
+    b = add.using(unique_key="report:7").enqueue(2, 2)
+    assert a.id == b.id
+    conn.execute("update pgqueue.jobs set state = 'completed', finished_at = now()")
+    c = add.using(unique_key="report:7").enqueue(3, 3)
+    assert c.id != a.id
+
+
+def test_sql_enqueue_with_named_notation(app, conn):
+    (job_id,) = conn.execute(
+        "select pgqueue.enqueue('mail.send', '[\"a@b\"]'::jsonb, queue => 'emails', "
+        "run_at => now() + interval '5 minutes', priority => 3)").fetchone()
+    row = conn.execute("select task, args, queue, state, priority from pgqueue.jobs "
+                       "where id = %s", (job_id,)).fetchone()
+    assert row == ("mail.send", ["a@b"], "emails", "scheduled", 3)
+
+
+def test_async_enqueue_in_caller_transaction(app, add, dsn, conn):
+    import asyncio
+
+    async def main():
+        async with await psycopg.AsyncConnection.connect(dsn) as ac:
+            j = await add.using(connection=ac).aenqueue(5, 6)
+            await ac.rollback()
+            j2 = await add.using(connection=ac).aenqueue(7, 8)
+            await ac.commit()
+            return j, j2
+
+    _, j2 = asyncio.run(main())
+    assert [r[0] for r in jobs(conn)] == [j2.id]
+
+
+def test_enqueue_by_name_for_a_task_defined_elsewhere(app, conn):
+    job = app.enqueue("other.service.task", [1], {"x": 2}, queue="q9")
+    assert job.state == pgqueue.JobState.AVAILABLE
+    assert (job.task, job.queue, job.args, job.kwargs) == ("other.service.task", "q9", [1], {"x": 2})
+
+
+def test_job_handle_result_waits_without_polling(app, add, start_worker, conn):
+    start_worker(app, concurrency=2)
+    t0 = time.monotonic()
+    job = add.enqueue(20, 22)
+    assert job.result(timeout=10) == 42
+    assert time.monotonic() - t0 < 5
+    wait_until(lambda: job.refresh().state == "completed")
