@@ -224,6 +224,7 @@ class Worker:
         self._heart = _Conn(self, "heartbeat")
         self._listener = _Conn(self, "listen")
         self._listener_ok = time.monotonic()
+        self._listening = threading.Event()
         self.last_heartbeat: float | None = None
         self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0}
 
@@ -265,6 +266,9 @@ class Worker:
                  self.name, self.id, self.queues or "all", self.concurrency,
                  len(self._tasks_names))
         self._start_threads()
+        if self.listen and not self._listening.wait(10):
+            log.warning("LISTEN not established yet; claiming anyway (notifications resume "
+                        "when the listener connects)")
         try:
             self._claim_loop()
         finally:
@@ -707,6 +711,7 @@ class Worker:
                 conn.execute("listen pgqueue_jobs")
                 conn.execute("listen pgqueue_cancel")
                 self._listener_ok = time.monotonic()
+                self._listening.set()
                 self._more = True        # catch up on what arrived while we were away
                 self._wake.set()
                 last_check = time.monotonic()
