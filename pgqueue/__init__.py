@@ -23,8 +23,10 @@ from .errors import (
     UnknownTaskError,
 )
 from .job import Job, JobState
+from .observe import ErrorContext
 from .retry import RetryPolicy
 from .worker import Worker
+from .workflow import Signature, Workflow, WorkflowFailed, WorkflowHandle, chain, chord, group
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigurationError",
     "Discard",
     "EnqueueError",
+    "ErrorContext",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -48,10 +51,17 @@ __all__ = [
     "RetryPolicy",
     "SchemaError",
     "SerializationError",
+    "Signature",
     "Task",
     "TaskCall",
     "UnknownTaskError",
     "Worker",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "chain",
+    "chord",
+    "group",
 ]
 
 import logging as _logging

@@ -57,6 +57,10 @@ class App:
     :param pool_max_size: most connections the pool opens (int, default 10). The pool
         serves ``task.enqueue()`` without a caller connection, job handles, and
         ``app.connection()`` for tasks; a worker's own bookkeeping never uses it.
+    :param prepare_threshold: psycopg's ``prepare_threshold`` for the pool's connections
+        (default 5). ``None`` never prepares statements, as a transaction pooler before
+        PgBouncer 1.21 requires; a poll-only worker (``listen=False``) sets it for the
+        app it runs.
 
     Nothing connects until first use. Example::
 
@@ -72,12 +76,15 @@ class App:
     """
 
     def __init__(self, dsn: str | None = None, *, pool_min_size: int = 1,
-                 pool_max_size: int = 10):
+                 pool_max_size: int = 10, prepare_threshold: int | None = 5):
         self._dsn = dsn
         self._conninfo: str | None = None
         self.pool_min_size = pool_min_size
         self.pool_max_size = pool_max_size
+        self.prepare_threshold = prepare_threshold
         self.tasks: dict[str, Task] = {}
+        #: functions called with an :class:`~pgqueue.ErrorContext` for every failed attempt
+        self.error_hooks: list[Callable[[Any], Any]] = []
         self._pool = None
         self._lock = threading.Lock()
 
@@ -105,7 +112,9 @@ class App:
                 if self._pool is None:
                     self._pool = ConnectionPool(
                         conninfo, min_size=self.pool_min_size, max_size=self.pool_max_size,
-                        kwargs={"autocommit": True}, open=True, name="pgqueue",
+                        kwargs={"autocommit": True,
+                                "prepare_threshold": self.prepare_threshold},
+                        open=True, name="pgqueue",
                         check=ConnectionPool.check_connection)
         return self._pool
 
@@ -132,7 +141,8 @@ class App:
              queue: str = "default", priority: int = 0,
              max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
              retry: RetryPolicy | bool | None = None, transactional: bool = False,
-             pass_context: bool = False) -> Any:
+             pass_context: bool = False,
+             on_error: Callable[[Any], Any] | None = None) -> Any:
         """Register a function (``def`` or ``async def``) as a task.
 
         :param name: stored task name; default ``module.qualname`` of the function.
@@ -149,12 +159,16 @@ class App:
             and its writes commit together with the job's completion, or not at all
             (exactly-once database effects).
         :param pass_context: pass a :class:`JobContext` as the first argument.
+        :param on_error: called with an :class:`~pgqueue.ErrorContext` after each failed
+            attempt of this task is recorded, before the app's :meth:`on_error` hooks; see
+            there.
         :raises ValueError: if the name is already registered to another function.
         """
         def deco(f: Callable[..., Any]) -> Task:
             t = Task(self, f, name=name, queue=queue, priority=priority,
                      max_attempts=max_attempts, timeout=timeout, retry=retry,
                      transactional=transactional, pass_context=pass_context or transactional)
+            t.on_error = on_error
             existing = self.tasks.get(t.name)
             if existing is not None and existing.fn is not f:
                 raise ValueError(f"task name {t.name!r} is already registered "
@@ -162,6 +176,22 @@ class App:
             self.tasks[t.name] = t
             return t
         return deco(fn) if fn is not None else deco
+
+    def on_error(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Register ``fn`` (a decorator; returns ``fn``) to be called for every failed
+        attempt of any task, with one :class:`~pgqueue.ErrorContext`: the job (id, task,
+        queue, args, kwargs, attempt, max_attempts), the worker id, the exception and its
+        formatted traceback, the new state and, when a retry is scheduled, its time
+        (database clock).
+
+        Hooks run in the worker process on one dedicated thread, in registration order,
+        after the failure was committed (so the job's row already shows it); they never
+        delay other jobs' bookkeeping. An exception raised by a hook is logged on
+        ``pgqueue.worker`` and otherwise ignored. Hooks still queued at shutdown run
+        for up to 10 s. Register hooks before the worker starts.
+        """
+        self.error_hooks.append(fn)
+        return fn
 
     def get_task(self, name: str) -> Task:
         """The registered task called ``name``. Raises :class:`UnknownTaskError`."""
@@ -203,6 +233,9 @@ class App:
 
 class Task:
     """A registered task. Call it like the function; enqueue it to run on a worker."""
+
+    #: error hook of this task (``@app.task(on_error=...)``), or ``None``
+    on_error: Callable[[Any], Any] | None = None
 
     def __init__(self, app: App, fn: Callable[..., Any] | None, *, name: str | None = None,
                  queue: str = "default", priority: int = 0,
@@ -252,6 +285,27 @@ class Task:
     def max_attempts(self) -> int:
         return self.defaults["max_attempts"]
 
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        """A signature for workflows (Celery's ``task.s``): this task with these
+        arguments; in a chain it receives the previous step's result first.
+        Per-step options with ``.set(queue=..., priority=..., delay=...)``.
+        See :mod:`pgqueue.workflow`."""
+        from .workflow import Signature
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        """An immutable signature (Celery's ``task.si``): receives only these arguments,
+        never a previous step's result."""
+        from .workflow import Signature
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                  immutable: bool = False, **options: Any) -> Any:
+        """A signature with options given as keywords (Celery's ``task.signature``):
+        ``add.signature((2, 2), queue="math", delay=5)``."""
+        from .workflow import Signature
+        return Signature(self, args, kwargs, immutable=immutable, **options)
+
     def using(self, *, connection: Any = None, delay: float | dt.timedelta | None = None,
               run_at: dt.datetime | None = None, queue: str | None = None,
               priority: int | None = None, max_attempts: int | None = None,
@@ -288,8 +342,13 @@ class Task:
         return TaskCall(self, None, self._plain_options()).enqueue(*args, **kwargs)
 
     async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
-        """``enqueue`` for async code: runs on the app's pool in a thread."""
+        """``enqueue`` for async code: runs on the app's pool in a thread (on Django's
+        connection through ``sync_to_async`` when ``pgqueue.contrib.django`` is installed)."""
         import asyncio
+
+        from ._connections import has_default_connection
+        if has_default_connection():
+            return await TaskCall(self, None, self._plain_options()).aenqueue(*args, **kwargs)
         return await asyncio.to_thread(self.enqueue, *args, **kwargs)
 
     def enqueue_many(self, items: Iterable[Any]) -> int:
@@ -334,19 +393,18 @@ class TaskCall:
             raised before any SQL, so the caller's transaction stays usable.
         """
         params = self._params(args, kwargs)
-        from ._connections import sync_connection
-        with sync_connection(self.task.app, self.connection) as conn:
-            (job_id,) = conn.execute(q("enqueue"), params, prepare=True).fetchone()
-        return Job(self.task.app, job_id)
+        from ._connections import enqueue_one
+        return Job(self.task.app, enqueue_one(self.task.app, self.connection, params))
 
     async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
-        """Enqueue on a caller's ``AsyncConnection`` (its transaction), or the pool."""
+        """Enqueue on a caller's async connection (its transaction), or a new one.
+
+        Accepts a psycopg ``AsyncConnection``, a SQLAlchemy ``AsyncSession`` or
+        ``AsyncConnection``, or a Django connection (run via ``sync_to_async``).
+        """
         params = self._params(args, kwargs)
-        from ._connections import async_connection
-        async with async_connection(self.task.app, self.connection) as conn:
-            cur = await conn.execute(q("enqueue"), params, prepare=True)
-            (job_id,) = await cur.fetchone()
-        return Job(self.task.app, job_id)
+        from ._connections import aenqueue_one
+        return Job(self.task.app, await aenqueue_one(self.task.app, self.connection, params))
 
     def enqueue_many(self, items: Iterable[Any]) -> int:
         """Enqueue many jobs of this task in one round trip of COPY, streamed.

@@ -107,7 +107,7 @@ def load_app(spec: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise click.BadParameter(f"cannot import {module_name!r}: {e}", param_hint="--app")
+        raise click.BadParameter(f"cannot import {module_name!r}: {e}", param_hint="--app") from None
     obj: Any = module
     for part in (attr or "app").split("."):
         obj = getattr(obj, part, None)
@@ -137,12 +137,29 @@ def load_app(spec: str) -> App:
 @click.option("--name", default=None, help="Label shown in `pgqueue workers`.")
 @click.option("--schema-wait", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to wait for `pgqueue migrate` before refusing an outdated schema.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (needs pgqueue[metrics]).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True,
+              help="Address the metrics server binds.")
+@click.option("--metrics-interval", default=15.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds between refreshes of the database-derived metrics.")
+@click.option("--retention", default="7d", show_default=True, metavar="DURATION",
+              help="Delete finished jobs older than this (30s, 15m, 12h, 7d); 'off' keeps them.")
+@click.option("--maintenance-interval", default=60.0, show_default=True,
+              type=click.FloatRange(0.1),
+              help="Seconds between maintenance rounds (pruning, long-transaction check).")
+@click.option("--xmin-warn-after", default=60.0, show_default=True, type=click.FloatRange(0),
+              help="Warn when a transaction holding back vacuum is older than this (s).")
 @pass_ctx
 def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
            poll_interval: float, shutdown_grace: float, heartbeat_interval: float,
-           stale_after: float, no_listen: bool, name: str | None, schema_wait: float) -> None:
+           stale_after: float, no_listen: bool, name: str | None, schema_wait: float,
+           metrics_port: int | None, metrics_host: str, metrics_interval: float,
+           retention: str, maintenance_interval: float, xmin_warn_after: float) -> None:
     """Run jobs until SIGTERM/SIGINT (graceful: finish, then hand back, exit 0)."""
     from .worker import Worker
+    prune_after = None if retention.strip().lower() in ("off", "none", "never") \
+        else parse_duration(retention)
     app = load_app(app_spec)
     if app._dsn is None and obj._dsn is not None:
         app._dsn = obj._dsn
@@ -150,7 +167,10 @@ def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
         w = Worker(app, queues=list(queues) or None, concurrency=concurrency,
                    poll_interval=poll_interval, shutdown_grace=shutdown_grace,
                    heartbeat_interval=heartbeat_interval, stale_after=stale_after,
-                   listen=not no_listen, name=name, schema_wait=schema_wait)
+                   listen=not no_listen, name=name, schema_wait=schema_wait,
+                   metrics_port=metrics_port, metrics_host=metrics_host,
+                   metrics_interval=metrics_interval, prune_after=prune_after,
+                   maintenance_interval=maintenance_interval, xmin_warn_after=xmin_warn_after)
         code = w.run()
     except PgQueueError as e:
         raise click.ClickException(str(e)) from None
@@ -165,7 +185,7 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not valid JSON: {e}", param_hint=what)
+        raise click.BadParameter(f"not valid JSON: {e}", param_hint=what) from None
     if not isinstance(parsed, kind):
         raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}",
                                  param_hint=what)
@@ -204,19 +224,42 @@ def _fmt_time(t: dt.datetime | None) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, dt.datetime):
+        return _fmt_time(v)
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return " ".join(str(v).split())       # one line per row, whatever the value holds
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    """Print ``rows`` as aligned columns (headers upper-cased) that fit the terminal
+    width: the widest columns are shortened first, their values ending in "…"."""
     if not rows:
         click.echo("(none)")
         return
-    cells = [[("-" if r[c] is None else _fmt_time(r[c]) if isinstance(r[c], dt.datetime)
-               else f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
-             for r in rows]
+    cells = [[_cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     term = shutil.get_terminal_size((120, 20)).columns
-    line = "  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))
-    click.echo(line[:term])
+    while sum(widths) + 2 * (len(widths) - 1) > term:
+        i = max(range(len(widths)), key=widths.__getitem__)
+        if widths[i] <= 6:
+            break      # a very narrow terminal: cut the lines instead
+        widths[i] -= 1
+
+    def fit(v: str, w: int) -> str:
+        return v.ljust(w) if len(v) <= w else v[:w - 1] + "…"
+
+    click.echo("  ".join(fit(c.upper(), w) for c, w in zip(cols, widths, strict=True))
+               .rstrip()[:term])
     for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths))[:term])
+        click.echo("  ".join(fit(v, w) for v, w in zip(row, widths, strict=True)).rstrip()[:term])
 
 
 def _dump(value: Any) -> str:
@@ -228,24 +271,34 @@ def jobs() -> None:
     """List, show, retry and cancel jobs."""
 
 
+STATES = ["pending", "scheduled", "available", "running", "retryable", "completed",
+          "discarded", "cancelled"]
+
+
 @jobs.command("list")
-@click.option("--state", default=None)
-@click.option("--queue", default=None)
-@click.option("--task", default=None)
+@click.option("--state", default=None, type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--queue", default=None, help="Only jobs of this queue.")
+@click.option("--task", default=None, help="Only jobs of this task name.")
+@click.option("--since", default=None, metavar="DURATION",
+              help="Only jobs enqueued within this long: 30s, 15m, 12h, 7d.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @pass_ctx
-def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None, limit: int,
-              as_json: bool) -> None:
-    """Newest jobs first, filtered by state, queue or task."""
+def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
+              since: str | None, limit: int, as_json: bool) -> None:
+    """Newest jobs first, filtered by state, queue, task and age."""
+    seconds = parse_duration(since) if since is not None else None
     with obj.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(
-            q("jobs_list"), {"state": state, "queue": queue, "task": task, "limit": limit}).fetchall()
+            q("jobs_list"), {"state": state, "queue": queue, "task": task, "since": seconds,
+                             "limit": limit}).fetchall()
     if as_json:
         click.echo(_dump(rows))
     else:
-        _table(rows, ["id", "queue", "task", "state", "attempt", "max_attempts", "run_at",
-                      "finished_at"])
+        for r in rows:
+            r["attempts"] = f"{r['attempt']}/{r['max_attempts']}"
+        _table(rows, ["id", "queue", "task", "state", "attempts", "run_at", "finished_at",
+                      "last_error"])
 
 
 @jobs.command("show")
@@ -273,27 +326,54 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, required=False)
+@click.option("--failed", is_flag=True, help="Retry every discarded job (see --queue, --task).")
+@click.option("--queue", default=None, help="With --failed: only this queue.")
+@click.option("--task", default=None, help="With --failed: only this task name.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def jobs_retry(obj: Ctx, job_id: int) -> None:
-    """Make a discarded, cancelled or waiting job available now."""
+def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
+               task: str | None, as_json: bool) -> None:
+    """Make job JOB_ID (discarded, cancelled or waiting) available now, or with --failed
+    every discarded job. A job out of attempts gets one more."""
+    if (job_id is None) == (not failed):
+        raise click.UsageError("give a JOB_ID or --failed, not both")
+    if job_id is not None and (queue or task):
+        raise click.UsageError("--queue and --task go with --failed")
     with obj.connect() as conn:
-        (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
-    if state is None:
-        raise click.ClickException(f"no job with id {job_id}")
-    click.echo(f"job {job_id}: {state}")
+        if job_id is not None:
+            (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
+            if state is None:
+                raise click.ClickException(f"no job with id {job_id}")
+            rows = [(job_id, state)]
+        else:
+            with conn.transaction():
+                rows = conn.execute(q("retry_failed"), {"queue": queue, "task": task}).fetchall()
+    if as_json:
+        click.echo(_dump([{"id": i, "state": st} for i, st in rows]))
+    elif job_id is not None:
+        click.echo(f"job {job_id}: {rows[0][1]}")
+    else:
+        click.echo(f"retried {len(rows)} discarded jobs"
+                   + (f": {', '.join(str(i) for i, _ in rows[:20])}"
+                      + (", ..." if len(rows) > 20 else "") if rows else ""))
 
 
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def jobs_cancel(obj: Ctx, job_id: int) -> None:
-    """Cancel a job (a running job is asked to stop)."""
+def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
+    """Cancel a job (a running job is asked to stop; its worker decides the outcome)."""
     with obj.connect() as conn:
         (state,) = conn.execute(q("cancel"), {"id": job_id}).fetchone()
     if state is None:
         raise click.ClickException(f"no job with id {job_id}")
-    click.echo(f"job {job_id}: {state}")
+    if as_json:
+        click.echo(_dump({"id": job_id, "state": state}))
+    else:
+        click.echo(f"job {job_id}: {state}"
+                   + (" (asked to stop)" if state == "running" else ""))
 
 
 # -- queues, workers, prune ----------------------------------------------------------
@@ -318,39 +398,57 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
                       "discarded", "cancelled", "oldest_ready_seconds", "paused", "no_worker"])
 
 
-def _set_paused(obj: Ctx, name: str, paused: bool) -> None:
-    with obj.connect() as conn:
+def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
+    with obj.connect() as conn, conn.transaction():
         conn.execute(q("queue_pause"), {"name": name, "paused": paused})
-    click.echo(f"queue {name}: {'paused' if paused else 'active'}")
+        if not paused:   # wake the workers now rather than at their next poll
+            conn.execute("select pg_notify('pgqueue_jobs', %s)", (name,))
+    if as_json:
+        click.echo(_dump({"queue": name, "paused": paused}))
+    else:
+        click.echo(f"queue {name}: {'paused' if paused else 'active'}")
 
 
 @queues.command("pause")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def queues_pause(obj: Ctx, name: str) -> None:
-    """Stop claiming from queue NAME (survives restarts)."""
-    _set_paused(obj, name, True)
+def queues_pause(obj: Ctx, name: str, as_json: bool) -> None:
+    """Stop claiming from queue NAME (stored in pgqueue.queues: survives restarts;
+    running jobs finish)."""
+    _set_paused(obj, name, True, as_json)
 
 
 @queues.command("resume")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def queues_resume(obj: Ctx, name: str) -> None:
-    """Resume claiming from queue NAME."""
-    _set_paused(obj, name, False)
+def queues_resume(obj: Ctx, name: str, as_json: bool) -> None:
+    """Resume claiming from queue NAME (workers are woken at once)."""
+    _set_paused(obj, name, False, as_json)
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
+@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds without heartbeat after which a worker counts as dead.")
+@click.option("--all", "show_all", is_flag=True, help="Include dead workers not yet removed.")
 @pass_ctx
-def workers(obj: Ctx, as_json: bool) -> None:
-    """Live worker processes, their queues, heartbeat age and running jobs."""
+def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None:
+    """Live worker processes: their queues, heartbeat age (s) and busy slots."""
     with obj.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(q("workers_list")).fetchall()
+    for r in rows:
+        r["alive"] = r["heartbeat_age"] is not None and r["heartbeat_age"] <= stale_after
+    if not show_all:
+        rows = [r for r in rows if r["alive"]]
     if as_json:
         click.echo(_dump(rows))
     else:
-        _table(rows, ["name", "id", "queues", "concurrency", "running", "heartbeat_age"])
+        for r in rows:
+            r["queues"] = r["queues"] or "all"
+            r["busy"] = f"{r['running']}/{r['concurrency']}"
+        _table(rows, ["name", "id", "queues", "busy", "heartbeat_age", "alive", "started_at"])
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -369,15 +467,111 @@ def parse_duration(text: str) -> float:
 @click.option("--state", "states", multiple=True,
               type=click.Choice(["completed", "discarded", "cancelled"]),
               help="States to prune (repeatable; default all three).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def prune(obj: Ctx, older_than: str, states: tuple[str, ...]) -> None:
+def prune(obj: Ctx, older_than: str, states: tuple[str, ...], as_json: bool) -> None:
     """Delete finished jobs older than a given age."""
     seconds = parse_duration(older_than)
+    chosen = list(states) or ["completed", "discarded", "cancelled"]
     with obj.connect() as conn:
-        (n,) = conn.execute(q("prune"), {"older_than": seconds,
-                                         "states": list(states) or ["completed", "discarded",
-                                                                    "cancelled"]}).fetchone()
-    click.echo(f"deleted {n} jobs")
+        (n,) = conn.execute(q("prune"), {"older_than": seconds, "states": chosen}).fetchone()
+    if as_json:
+        click.echo(_dump({"deleted": n, "older_than_seconds": seconds, "states": chosen}))
+    else:
+        click.echo(f"deleted {n} jobs")
+
+
+# -- monitoring ------------------------------------------------------------------
+
+@main.command()
+@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds without heartbeat after which a worker is not counted alive.")
+@pass_ctx
+def metrics(obj: Ctx, stale_after: float) -> None:
+    """Print the database-derived Prometheus metrics once (text exposition format):
+    unfinished jobs by queue and state, oldest available age, paused queues, live
+    workers. Needs pgqueue[metrics]."""
+    try:
+        from .metrics import render_database_metrics
+    except ImportError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        text = render_database_metrics(obj.dsn, stale_after)
+    except psycopg.Error as e:
+        raise click.ClickException(f"cannot read metrics: {str(e).strip()}") from None
+    click.echo(text.decode(), nl=False)
+
+
+@main.command()
+@click.option("--max-heartbeat-age", default="30s", show_default=True, metavar="DURATION",
+              help="Unhealthy when no worker heartbeated within this long (0: skip the check).")
+@click.option("--max-job-age", default="5m", show_default=True, metavar="DURATION",
+              help="Unhealthy when a due job of an active queue has waited longer (0: skip).")
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Check only these queues and the workers serving them (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, queues: tuple[str, ...],
+          as_json: bool) -> None:
+    """Health check for probes and cron: exit 0 when healthy, else exit 1 with the
+    reasons: database unreachable, schema not at this code's version, no worker
+    heartbeat within --max-heartbeat-age, or a due job waiting longer than --max-job-age
+    (paused queues are not checked)."""
+    hb_limit = parse_duration(max_heartbeat_age)
+    age_limit = parse_duration(max_job_age)
+    qs = list(queues) or None
+    reasons: list[str] = []
+    report: dict[str, Any] = {"schema_version": None,
+                              "schema_expected": migrate_mod.latest_version(),
+                              "heartbeat_age_seconds": None, "oldest_available_seconds": {}}
+    try:
+        conn = psycopg.connect(obj.dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        reasons.append(f"database: cannot connect: {str(e).strip()}")
+        conn = None
+    if conn is not None:
+        with conn:
+            try:
+                report["schema_version"] = migrate_mod.check_schema(conn)
+            except PgQueueError as e:
+                reasons.append(f"schema: {e}")
+                applied = migrate_mod.applied_versions(conn)
+                report["schema_version"] = max(applied) if applied else None
+            try:
+                if hb_limit > 0:
+                    (age,) = conn.execute(q("check_heartbeat"), {"queues": qs}).fetchone()
+                    report["heartbeat_age_seconds"] = age
+                    if age is None:
+                        reasons.append("workers: no worker has registered"
+                                       + (f" for queues {', '.join(qs)}" if qs else ""))
+                    elif age > hb_limit:
+                        reasons.append(f"workers: no heartbeat for {age:.0f} s "
+                                       f"(limit {hb_limit:g} s)")
+                if age_limit > 0:
+                    rows = conn.execute(q("check_oldest"), {"queues": qs}).fetchall()
+                    report["oldest_available_seconds"] = dict(rows)
+                    for queue, age in rows:
+                        if age > age_limit:
+                            reasons.append(f"queue {queue}: a due job has waited {age:.0f} s "
+                                           f"(limit {age_limit:g} s)")
+            except psycopg.Error as e:
+                if not any(r.startswith("schema:") for r in reasons):
+                    reasons.append(f"database: {str(e).strip()}")
+    report["ok"] = not reasons
+    report["reasons"] = reasons
+    if as_json:
+        click.echo(_dump(report))
+    elif reasons:
+        for r in reasons:
+            click.echo(f"UNHEALTHY {r}", err=True)
+    else:
+        hb = report["heartbeat_age_seconds"]
+        oldest = max(report["oldest_available_seconds"].values(), default=0.0)
+        click.echo(f"ok: schema version {report['schema_version']}"
+                   + (f", last heartbeat {hb:.1f} s ago" if hb is not None else "")
+                   + f", oldest due job {oldest:.1f} s")
+    if reasons:
+        sys.exit(1)
 
 
 # -- embedded --------------------------------------------------------------------
@@ -401,6 +595,35 @@ def embedded_stop() -> None:
     from .embedded import EmbeddedServer
     EmbeddedServer().stop()
     click.echo("stopped")
+
+
+# -- workflows -------------------------------------------------------------------------
+
+@main.group()
+def workflows() -> None:
+    """Show workflows (chains, groups, chords, DAGs) and their steps."""
+
+
+@workflows.command("show")
+@click.argument("workflow_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
+    """A workflow as a tree: each step's state, attempts and duration."""
+    from .workflow import render
+    with obj.connect() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        wf = cur.execute("select * from pgqueue.workflows where id = %s",
+                         (workflow_id,)).fetchone()
+        if wf is None:
+            raise click.ClickException(f"no workflow with id {workflow_id}; "
+                                       "list them with: select * from pgqueue.workflows")
+        steps = cur.execute("select * from pgqueue.workflow_steps where workflow_id = %s "
+                            "order by job_id", (workflow_id,)).fetchall()
+    if as_json:
+        click.echo(_dump({"workflow": wf, "steps": steps}))
+    else:
+        click.echo(render(wf, steps))
 
 
 def _register_optional() -> None:

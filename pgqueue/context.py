@@ -13,6 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["JobContext"]
 
+_CANCEL_LOCK = threading.Lock()
+
 
 class JobContext:
     """The running job, as seen from inside its task.
@@ -31,7 +33,7 @@ class JobContext:
     """
 
     __slots__ = (
-        "_cancel",
+        "_cancel_event",
         "app",
         "attempt",
         "connection",
@@ -52,7 +54,19 @@ class JobContext:
         self.worker_id = worker_id
         self.app = app
         self.connection = connection
-        self._cancel = threading.Event()
+        self._cancel_event: threading.Event | None = None
+
+    @property
+    def _cancel(self) -> threading.Event:
+        # Made on first use: most jobs never look at cancellation, and an Event costs a
+        # Condition and a lock per job in the worker's hot path.
+        ev = self._cancel_event
+        if ev is None:
+            with _CANCEL_LOCK:
+                ev = self._cancel_event
+                if ev is None:
+                    ev = self._cancel_event = threading.Event()
+        return ev
 
     def __repr__(self) -> str:
         return f"<JobContext job={self.job_id} task={self.task} attempt={self.attempt}>"

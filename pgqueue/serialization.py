@@ -146,6 +146,14 @@ def decode(value: Any) -> Any:
 
 def dumps(value: Any, path: str = "value") -> str:
     """Encode and serialize to a JSON string (for a ``jsonb`` parameter)."""
+    # Fast paths for the most common values: no result, no arguments.
+    if value is None:
+        return "null"
+    t = type(value)
+    if (t is list or t is tuple) and not value:
+        return "[]"
+    if t is dict and not value:
+        return "{}"
     return json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
 
 

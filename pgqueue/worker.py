@@ -29,6 +29,7 @@ the rest of the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -50,6 +51,7 @@ from ._sql import q
 from .app import App, Task
 from .context import JobContext
 from .errors import Cancelled, ConfigurationError, Discard, RetryLater, SchemaError
+from .observe import Observer
 
 __all__ = ["Worker"]
 
@@ -63,6 +65,11 @@ BOOKKEEPING_SETTINGS = {
 }
 #: seconds a bookkeeping round trip may take before the watchdog cuts the socket
 IO_TIMEOUT = 45.0
+#: seconds the listener's health check (``select 1``, every 5 s) may take: a silent
+#: LISTEN connection is replaced within 5 + LISTENER_TIMEOUT + 1 s (documented: 15 s)
+LISTENER_TIMEOUT = 5.0
+#: transaction-scoped advisory lock taken by the one worker that prunes in a round
+PRUNE_LOCK = 0x706771756576
 COMPLETE_BATCH = 400
 
 
@@ -93,6 +100,9 @@ class _Running:
     started: float = dataclasses.field(default_factory=time.monotonic)
     abandoned: bool = False          # outcome decided elsewhere (timeout, shutdown)
     future: Any = None               # concurrent.futures.Future of an async task
+    inputs: Any = None               # workflow inputs (JSON array) passed before args
+    ended: float | None = None       # monotonic time the outcome was known (for metrics)
+    exc: BaseException | None = None  # the exception of a failed attempt (for error hooks)
 
 
 class _Conn:
@@ -168,7 +178,10 @@ class Worker:
         a third of ``stale_after``.
     :param stale_after: seconds without heartbeat after which a worker counts as dead and
         its running jobs are rescued by any live worker (default 10.0). A dead worker's
-        job is running again within ``stale_after + heartbeat_interval`` seconds.
+        job is running again within ``stale_after + heartbeat_interval`` seconds. A worker
+        rescues only while its own heartbeats are regular: after it was itself cut off
+        for more than ``stale_after / 2`` (say, a lock on ``pgqueue.jobs``), it waits one
+        heartbeat, so peers that were blocked alike are not taken for dead.
     :param listen: use LISTEN/NOTIFY (default True). ``False`` is poll-only mode, for a
         transaction pooler such as PgBouncer in transaction mode.
     :param name: a label shown in ``pgqueue workers`` (default ``host:pid``). Ownership is
@@ -176,13 +189,36 @@ class Worker:
     :param schema_wait: seconds to wait at start for ``pgqueue migrate`` to install or
         upgrade the schema before refusing to run (default 30.0).
     :param claim_batch: most jobs claimed per round trip (default: free slots, at most 100).
+    :param metrics_port: serve Prometheus metrics on ``http://metrics_host:PORT/metrics``
+        (int; 0 picks a free port, see ``worker.metrics.port``; default ``None``: off).
+        Needs the ``metrics`` extra; see :mod:`pgqueue.metrics` for the series.
+    :param metrics_host: address the metrics server binds (default ``"0.0.0.0"``).
+    :param metrics_registry: collect the same metrics into this
+        ``prometheus_client.CollectorRegistry`` (e.g. to serve them yourself); with
+        neither this nor ``metrics_port`` no metrics are kept.
+    :param metrics_interval: seconds between refreshes of the database-derived gauges
+        (float > 0, default 15.0).
+    :param prune_after: retention of finished jobs in seconds (default 7 days): every
+        ``maintenance_interval`` one worker at a time (a transaction-scoped advisory
+        lock, safe behind poolers) deletes ``completed``/``discarded``/``cancelled`` jobs
+        finished longer ago. ``None`` turns automatic pruning off (``pgqueue prune``).
+    :param maintenance_interval: seconds between maintenance rounds (pruning and the
+        long-transaction check; default 60.0).
+    :param xmin_warn_after: warn when the oldest open transaction in the database is
+        older than this many seconds (default 60.0): it holds back vacuum, so the dead
+        rows of finished jobs pile up and claiming slows down. The last finding is in
+        :attr:`oldest_transaction`; ``stats["vacuum_warnings"]`` counts the warnings.
+        Seeing other roles' sessions needs ``pg_read_all_stats`` (or ``pg_monitor``).
     """
 
     def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 10,
                  poll_interval: float = 5.0, shutdown_grace: float = 30.0,
                  heartbeat_interval: float = 2.0, stale_after: float = 10.0,
                  listen: bool = True, name: str | None = None, schema_wait: float = 30.0,
-                 claim_batch: int = 100):
+                 claim_batch: int = 100, metrics_port: int | None = None,
+                 metrics_host: str = "0.0.0.0", metrics_registry: Any = None,
+                 metrics_interval: float = 15.0, prune_after: float | None = 7 * 86400.0,
+                 maintenance_interval: float = 60.0, xmin_warn_after: float = 60.0):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
         if heartbeat_interval * 3 > stale_after + 1e-9:
@@ -191,6 +227,12 @@ class Worker:
                 f"stale_after ({stale_after} s), or live jobs could look dead")
         if poll_interval <= 0:
             raise ConfigurationError("poll_interval must be > 0 seconds")
+        if metrics_interval <= 0:
+            raise ConfigurationError("metrics_interval must be > 0 seconds")
+        if maintenance_interval <= 0:
+            raise ConfigurationError("maintenance_interval must be > 0 seconds")
+        if prune_after is not None and prune_after < 0:
+            raise ConfigurationError("prune_after must be >= 0 seconds or None")
         self.app = app
         self.id = uuid.uuid4()
         self.queues = list(queues) if queues else None
@@ -200,9 +242,29 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.listen = listen
+        if not listen:
+            # Poll-only mode is for transaction poolers: the tasks' connections from the
+            # app's pool must not prepare statements either (set before the pool opens).
+            app.prepare_threshold = None
+            if app._pool is not None:
+                app._pool.kwargs["prepare_threshold"] = None
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.schema_wait = schema_wait
         self.claim_batch = max(1, claim_batch)
+        self._max_owned = 2 * concurrency   # executing + waiting for their outcome's commit
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_registry = metrics_registry
+        self.metrics_interval = metrics_interval
+        self.prune_after = prune_after
+        self.maintenance_interval = maintenance_interval
+        self.xmin_warn_after = xmin_warn_after
+        #: the oldest open transaction of the database at the last maintenance round:
+        #: dict(age, pid, user, application, state, query), or None
+        self.oldest_transaction: dict[str, Any] | None = None
+        #: the :class:`pgqueue.metrics.WorkerMetrics` while running with metrics, else None
+        self.metrics: Any = None
+        self._observer: Observer | None = None   # None: nobody listens, outcomes cost nothing
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -223,10 +285,12 @@ class Worker:
         self._completer = _Conn(self, "complete")
         self._heart = _Conn(self, "heartbeat")
         self._listener = _Conn(self, "listen")
+        self._maint = _Conn(self, "maintenance")
         self._listener_ok = time.monotonic()
         self._listening = threading.Event()
         self.last_heartbeat: float | None = None
-        self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0}
+        self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0, "pruned": 0,
+                      "vacuum_warnings": 0}
 
     # -- connections -----------------------------------------------------------------
 
@@ -236,8 +300,17 @@ class Worker:
             keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
             connect_timeout=10,
             prepare_threshold=0 if self.listen else None)
-        for k, v in BOOKKEEPING_SETTINGS.items():
-            conn.execute("select set_config(%s, %s, false)", (k, v))
+        if self.listen:
+            # Session settings would leak to other clients behind a transaction pooler:
+            # in poll-only mode the operator sets them on the role instead.
+            for k, v in BOOKKEEPING_SETTINGS.items():
+                conn.execute("select set_config(%s, %s, false)", (k, v))
+            if role == "claim":
+                # A claim need not wait for its WAL flush: if the server crashes before
+                # the flush, the claim is forgotten and the job runs again (at-least-once),
+                # and our late outcome is fenced out by worker_id. A completion commits
+                # synchronously, which flushes every earlier claim record with it.
+                conn.execute("select set_config('synchronous_commit', 'off', false)")
         return conn
 
     # -- public ----------------------------------------------------------------------
@@ -261,7 +334,12 @@ class Worker:
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        self._heartbeat_once()
+        self._start_observer()
+        try:
+            self._heartbeat_once()
+        except BaseException:
+            self._stop_observer()
+            raise
         log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%d",
                  self.name, self.id, self.queues or "all", self.concurrency,
                  len(self._tasks_names))
@@ -276,6 +354,38 @@ class Worker:
         return 0
 
     # -- startup ---------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        """Create the observer (metrics, error hooks, INFO logs) if anything listens.
+
+        :raises ConfigurationError: metrics asked for without ``prometheus-client``, or
+            the metrics port cannot be bound.
+        """
+        if not Observer.wanted(self):
+            return
+        metrics = None
+        if self.metrics_port is not None or self.metrics_registry is not None:
+            try:
+                from .metrics import WorkerMetrics
+            except ImportError as e:
+                raise ConfigurationError(str(e)) from None
+            metrics = WorkerMetrics(self, registry=self.metrics_registry,
+                                    port=self.metrics_port, host=self.metrics_host,
+                                    interval=self.metrics_interval)
+            try:
+                metrics.start()
+            except OSError as e:
+                metrics.close()
+                raise ConfigurationError(
+                    f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: {e}"
+                ) from None
+        self.metrics = metrics
+        self._observer = Observer(self, metrics)
+
+    def _stop_observer(self) -> None:
+        obs, self._observer = self._observer, None
+        if obs is not None:
+            obs.close()
 
     def _wait_for_schema(self) -> None:
         deadline = time.monotonic() + self.schema_wait
@@ -311,6 +421,7 @@ class Worker:
         start(self._completer_thread, "completer")
         start(self._heartbeat_thread, "heartbeat")
         start(self._watchdog_thread, "watchdog")
+        start(self._maintenance_thread, "maintenance")
         if self.listen:
             start(self._listener_thread, "listener")
 
@@ -318,10 +429,14 @@ class Worker:
 
     def _claim_loop(self) -> None:
         last_poll = time.monotonic()
+        due_at = float("inf")     # monotonic time of the earliest known due job
         while not self._stopping.is_set():
             self._wake.clear()
             self._check_timeouts()
-            free = self.concurrency - self._busy
+            # Free slots, and never more than `_max_owned` jobs claimed but not yet
+            # recorded: a completer that falls behind slows claiming down (memory and
+            # the running set stay bounded).
+            free = min(self.concurrency - self._busy, self._max_owned - len(self._running))
             wait = self.poll_interval
             if free > 0 and self._more:
                 n = min(free, self.claim_batch)
@@ -339,8 +454,12 @@ class Worker:
                     continue          # there may be more; claim again while slots are free
                 self._more = False
                 wait = self._next_wait()
+                due_at = time.monotonic() + wait
             elif free > 0:
-                wait = max(0.0, self.poll_interval - (time.monotonic() - last_poll))
+                # Woken without news (a slot freed up): keep the earliest due time, or a
+                # scheduled job due before the next poll would wait for the poll.
+                now = time.monotonic()
+                wait = max(0.0, min(self.poll_interval - (now - last_poll), due_at - now))
             wait = min(wait, self._next_deadline())
             if not self._wake.wait(wait):
                 self._more = True  # poll interval or a due time elapsed
@@ -382,21 +501,21 @@ class Worker:
         return len(rows)
 
     def _dispatch(self, row: tuple) -> None:
-        (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, timeout, _run_at,
-         cancel_requested) = row
+        (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, timeout, latency,
+         cancel_requested, inputs) = row
         task = self.app.tasks.get(name)
         ctx = JobContext(job_id=job_id, task=name, queue=queue, attempt=attempt,
                          max_attempts=max_attempts, worker_id=self.id, app=self.app)
         r = _Running(id=job_id, attempt=attempt, task=task, name=name, queue=queue, args=args,
-                     kwargs=kwargs, ctx=ctx,
+                     kwargs=kwargs, ctx=ctx, inputs=inputs,
                      timeout=timeout if timeout is not None else (task.timeout if task else None))
         if cancel_requested is not None:
             ctx._cancel.set()
         with self._lock:
             self._running[job_id] = r
             self._busy += 1
-        log.debug("claimed job %s %s attempt %s", job_id, name, attempt,
-                  extra={"job_id": job_id, "task": name, "attempt": attempt})
+        if self._observer is not None:
+            self._observer.started(r, latency)
         if task is not None and task.is_async:
             assert self._loop is not None
             r.future = asyncio.run_coroutine_threadsafe(self._run_async(r), self._loop)
@@ -446,6 +565,8 @@ class Worker:
     def _call_args(self, r: _Running) -> tuple[list[Any], dict[str, Any]]:
         args = serialization.decode(r.args)
         kwargs = serialization.decode(r.kwargs)
+        if r.inputs is not None:  # a workflow step: previous result(s) come first
+            args = [*serialization.decode(r.inputs), *args]
         if r.task is not None and r.task.pass_context:
             args = [r.ctx, *args]
         return args, kwargs
@@ -483,6 +604,8 @@ class Worker:
         r.ctx.connection = None
         self._forget(r)
         self.stats["completed"] += 1
+        if self._observer is not None:
+            self._observer.completed([r])
 
     async def _run_async(self, r: _Running) -> None:
         task = r.task
@@ -530,11 +653,14 @@ class Worker:
         r.ctx.connection = None
         self._forget(r)
         self.stats["completed"] += 1
+        if self._observer is not None:
+            self._observer.completed([r])
         return _DONE
 
     # -- outcomes --------------------------------------------------------------------
 
     def _record_success(self, r: _Running, result: Any) -> None:
+        r.ended = time.monotonic()
         try:
             payload = serialization.dumps(result, "result")
         except Exception as e:  # noqa: BLE001 - an unstorable result fails the job for good
@@ -553,6 +679,7 @@ class Worker:
             if r.abandoned:
                 return
         err = _error_dict(e)
+        r.exc = e
         if isinstance(e, RetryLater):
             self._record_failure(r, err, retry_delay=e.delay)
         elif isinstance(e, Discard):
@@ -565,9 +692,9 @@ class Worker:
 
     def _record_failure(self, r: _Running, err: dict[str, Any], *, discard: bool = False,
                         retry_delay: float | None = None) -> None:
-        log.info("job %s %s attempt %s failed: %s: %s", r.id, r.name, r.attempt,
-                 err.get("type"), err.get("message"),
-                 extra={"job_id": r.id, "task": r.name, "attempt": r.attempt})
+        # The outcome is logged (INFO) once recorded, with the state it led to.
+        if r.ended is None:
+            r.ended = time.monotonic()
         self._complete_q.put(("fail", r, (err, discard, retry_delay)))
 
     def _forget(self, r: _Running) -> None:
@@ -615,9 +742,12 @@ class Worker:
     def _flush(self, conn: psycopg.Connection, items: list[tuple[str, _Running, Any]]) -> None:
         done = [(r, p) for kind, r, p in items if kind == "complete"]
         fails = [(r, p) for kind, r, p in items if kind == "fail"]
-        with conn.transaction():
+        completed = None
+        # Completions alone are one autocommit statement (one round trip, one commit);
+        # failures join them in one transaction.
+        with conn.transaction() if fails else contextlib.nullcontext():
             if done:
-                conn.execute(q("complete"), {
+                completed = conn.execute(q("complete"), {
                     "worker_id": self.id, "ids": [r.id for r, _ in done],
                     "attempts": [r.attempt for r, _ in done],
                     "results": [p for _, p in done]}, prepare=self.listen)
@@ -632,6 +762,8 @@ class Worker:
                     "backoff_cap": policy.cap if policy else 3600.0},
                     prepare=self.listen).fetchone()
                 states.append(state)
+            retry_at = (self._observer.retry_times(conn, [r for r, _ in fails], states)
+                        if self._observer is not None and fails else None)
         with self._lock:
             for r, _ in done:
                 self._running.pop(r.id, None)
@@ -639,9 +771,23 @@ class Worker:
                 self._running.pop(r.id, None)
         self.stats["completed"] += len(done)
         self.stats["failed"] += len(fails)
+        if self._observer is not None:
+            self._observe_flush(done, completed, fails, states, retry_at)
         if fails:   # a retry may be due before the next poll: recompute the wake-up time
             self._more = True
-            self._wake.set()
+        self._wake.set()   # recorded outcomes free room for the next claim
+
+    def _observe_flush(self, done: list, completed: Any, fails: list, states: list,
+                       retry_at: Any) -> None:
+        try:
+            if completed is not None:
+                owned = {i for (i,) in completed.fetchall()}
+                self._observer.completed([r for r, _ in done if r.id in owned])
+            if fails:
+                self._observer.failed([(r, p[0], st) for (r, p), st in zip(fails, states, strict=True)],
+                                      retry_at)
+        except Exception:  # noqa: BLE001 - the outcomes are committed; never redo them
+            log.exception("observing %d outcomes failed", len(done) + len(fails))
 
     def _flush_one_by_one(self, items: list[tuple[str, _Running, Any]]) -> list:
         left = []
@@ -664,19 +810,27 @@ class Worker:
 
     def _heartbeat_once(self) -> None:
         def work(conn: psycopg.Connection) -> None:
+            prev = self.last_heartbeat
             rows = conn.execute(q("heartbeat"), {
                 "worker_id": self.id, "name": self.name, "hostname": socket.gethostname(),
                 "pid": os.getpid(), "queues": self.queues, "tasks": self._tasks_names,
                 "concurrency": self.concurrency}, prepare=self.listen).fetchall()
-            self.last_heartbeat = time.monotonic()
+            self.last_heartbeat = now = time.monotonic()
             for (job_id,) in rows:
                 self._signal_cancel(job_id)
+            # Rescue only while our own heartbeats are regular. After a gap (a lock on
+            # pgqueue.jobs, a lost connection, a paused process) live peers were likely
+            # cut off too, and need one more heartbeat cycle to show they are alive.
+            if prev is None or now - prev > self.stale_after / 2:
+                return
             rescued = conn.execute(q("rescue"), {"stale_after": self.stale_after},
                                    prepare=self.listen).fetchall()
             if rescued:
                 self.stats["rescued"] += len(rescued)
                 log.warning("rescued %d jobs of dead workers: %s", len(rescued),
                             ", ".join(f"{i}->{s}" for i, s in rescued[:20]))
+                if self._observer is not None:
+                    self._observer.rescued(conn, rescued)
                 self._more = True
                 self._wake.set()
         self._heart.run(work)
@@ -741,13 +895,46 @@ class Worker:
             except ValueError:
                 pass
 
+    # -- maintenance: retention and long transactions ---------------------------------
+
+    def _maintenance_thread(self) -> None:
+        next_at = time.monotonic() + min(self.maintenance_interval, 2 * self.heartbeat_interval)
+        while not self._done.wait(max(0.0, next_at - time.monotonic())):
+            next_at = time.monotonic() + self.maintenance_interval
+            try:
+                self._maintenance_once()
+            except Exception as e:  # noqa: BLE001 - retried next round
+                log.warning("maintenance failed: %s", str(e).strip())
+
+    def _maintenance_once(self) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            if self.prune_after is not None:
+                (n,) = conn.execute(q("maintenance_prune"), {
+                    "lock": PRUNE_LOCK, "older_than": self.prune_after},
+                    prepare=False).fetchone()
+                if n:
+                    self.stats["pruned"] += n
+                    log.info("pruned %d jobs finished more than %.0f s ago", n,
+                             self.prune_after)
+            row = conn.execute(q("oldest_transaction"), prepare=False).fetchone()
+            self.oldest_transaction = None if row is None else dict(zip(
+                ("age", "pid", "user", "application", "state", "query"), row, strict=True))
+            if row is not None and row[0] > self.xmin_warn_after:
+                self.stats["vacuum_warnings"] += 1
+                log.warning("a transaction has been open for %.0f s (pid %s, user %s, "
+                            "application %r, %s): it holds back vacuum, so dead rows of "
+                            "finished jobs pile up and claiming slows down; query: %s",
+                            *row[:5], (row[5] or "")[:200])
+        self._maint.run(work)
+
     # -- watchdog --------------------------------------------------------------------
 
     def _watchdog_thread(self) -> None:
         while not self._done.wait(1.0):
             now = time.monotonic()
-            for c in (self._claim, self._completer, self._heart, self._listener):
-                if c.busy_since is not None and now - c.busy_since > IO_TIMEOUT:
+            for c in (self._claim, self._completer, self._heart, self._listener, self._maint):
+                limit = LISTENER_TIMEOUT if c is self._listener else IO_TIMEOUT
+                if c.busy_since is not None and now - c.busy_since > limit:
                     log.warning("%s connection stuck for %.0f s; cutting it", c.role,
                                 now - c.busy_since)
                     c.cut()
@@ -805,10 +992,11 @@ class Worker:
         self._listener.cut()
         for t in self._threads:
             if t.name in ("pgqueue-completer", "pgqueue-heartbeat", "pgqueue-watchdog",
-                          "pgqueue-listener"):
+                          "pgqueue-listener", "pgqueue-maintenance"):
                 t.join(timeout=5)
-        for c in (self._claim, self._completer, self._heart, self._listener):
+        for c in (self._claim, self._completer, self._heart, self._listener, self._maint):
             c.close()
+        self._stop_observer()   # runs the error hooks still queued, stops serving metrics
         log.info("worker %s stopped", self.name)
 
 

@@ -53,7 +53,10 @@ select state, result, errors from pgqueue.jobs where id = %(id)s;
 
 -- name: claim
 select id, queue, task, args, kwargs, attempt, max_attempts, priority,
-       extract(epoch from timeout)::float8 as timeout, run_at, cancel_requested_at
+       extract(epoch from timeout)::float8 as timeout,
+       extract(epoch from started_at - run_at)::float8 as queue_latency, cancel_requested_at,
+       -- workflow steps: their dependencies' results, read now (null for plain jobs)
+       case when inputs <> 'none' then pgqueue.job_inputs(id) end as inputs
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s);
 
 -- name: next_due
@@ -98,6 +101,31 @@ select pgqueue.retry(%(id)s);
 -- name: prune
 select pgqueue.prune(make_interval(secs => %(older_than)s::float8), %(states)s);
 
+-- name: maintenance_prune
+-- Automatic retention, one worker at a time: the others skip the round. The advisory
+-- lock is transaction-scoped, so nothing leaks behind a transaction pooler.
+select case when pg_try_advisory_xact_lock(%(lock)s)
+            then pgqueue.prune(make_interval(secs => %(older_than)s::float8)) else 0 end;
+
+-- name: oldest_transaction
+-- The open transaction of this database that holds back vacuum the longest (seconds,
+-- pid, user, application, state, query); other roles' sessions need pg_read_all_stats.
+select extract(epoch from now() - t.since)::float8, t.pid, t.usename, t.application_name,
+       t.state, t.query
+  from (select a.xact_start as since, a.pid, a.usename::text, a.application_name, a.state,
+               a.query
+          from pg_stat_activity a
+         where a.datname = current_database() and a.pid <> pg_backend_pid()
+           and a.xact_start is not null
+           and (a.backend_xmin is not null or a.backend_xid is not null)
+        union all
+        select p.prepared, null, p.owner::text, 'prepared transaction ' || p.gid, 'prepared',
+               null
+          from pg_prepared_xacts p
+         where p.database = current_database()) t
+ order by t.since
+ limit 1;
+
 -- name: queue_stats
 select s.queue, s.pending, s.ready, s.waiting, s.running, s.completed, s.discarded,
        s.cancelled, s.oldest_ready_seconds, s.paused,
@@ -118,11 +146,13 @@ on conflict (name) do update set paused = excluded.paused, updated_at = now();
 
 -- name: jobs_list
 select id, queue, task, state, attempt, max_attempts, priority, run_at, created_at,
-       finished_at
+       finished_at, errors -> -1 ->> 'message' as last_error
   from pgqueue.jobs
  where (%(state)s::text is null or state = %(state)s)
    and (%(queue)s::text is null or queue = %(queue)s)
    and (%(task)s::text is null or task = %(task)s)
+   and (%(since)s::float8 is null
+        or created_at >= now() - make_interval(secs => %(since)s::float8))
  order by id desc
  limit %(limit)s;
 
@@ -133,3 +163,29 @@ select id, name, hostname, pid, queues, concurrency, started_at,
            as running
   from pgqueue.workers w
  order by started_at;
+
+-- name: retry_failed
+-- Every discarded job (of one queue / task when given) becomes available now.
+select j.id, pgqueue.retry(j.id) as state
+  from pgqueue.jobs j
+ where j.state = 'discarded'
+   and (%(queue)s::text is null or j.queue = %(queue)s)
+   and (%(task)s::text is null or j.task = %(task)s)
+ order by j.id;
+
+-- name: check_heartbeat
+-- Seconds since the freshest worker heartbeat (null: no worker row), of workers that
+-- claim from any of the given queues (null: any worker).
+select extract(epoch from now() - max(w.heartbeat_at))::float8
+  from pgqueue.workers w
+ where %(queues)s::text[] is null or w.queues is null or w.queues && %(queues)s::text[];
+
+-- name: check_oldest
+-- Per active (not paused) queue: seconds since its oldest due, unclaimed job became due.
+select j.queue, extract(epoch from now() - min(j.run_at))::float8 as age
+  from pgqueue.jobs j
+ where j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
+   and (%(queues)s::text[] is null or j.queue = any(%(queues)s::text[]))
+   and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
+ group by j.queue
+ order by age desc;

@@ -99,7 +99,8 @@ def test_concurrent_migrate_processes_apply_each_version_once(empty_dsn):
     assert [p.returncode for p in procs] == [0] * 6, outs
     assert not any("already exists" in o[1] or "duplicate" in o[1] for o in outs)
     with psycopg.connect(empty_dsn) as conn:
-        rows = conn.execute("select version, count(*) from pgqueue.migrations group by 1").fetchall()
+        rows = conn.execute("select version, count(*) from pgqueue.migrations group by 1 "
+                            "order by 1").fetchall()
         assert rows == [(m.version, 1) for m in migrate.migrations()]
         locks = conn.execute("select count(*) from pg_locks where locktype = 'advisory'").fetchone()
         assert locks[0] == 0

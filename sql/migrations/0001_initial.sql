@@ -202,18 +202,79 @@ comment on function pgqueue.enqueue is 'Enqueue one job in the caller''s transac
 
 create function pgqueue.claim(worker_id uuid, queues text[], tasks text[], batch integer)
 returns setof pgqueue.jobs
-language sql volatile set search_path = pg_catalog, pgqueue as $$
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    v_queues text[] := claim.queues;
+begin
+    -- Every read walks jobs_claim_idx in claim order within one queue (queue is an
+    -- equality there), so the cost does not grow with the number of claimable rows;
+    -- plpgsql keeps the plans between calls.
+    if v_queues is null then
+        -- Every queue that has claimable rows: one probe of the claim index per queue.
+        with recursive qs(name) as (
+            (select j.queue from pgqueue.jobs j
+              where j.state in ('available', 'scheduled', 'retryable')
+              order by j.queue limit 1)
+            union all
+            select (select j.queue from pgqueue.jobs j
+                     where j.state in ('available', 'scheduled', 'retryable')
+                       and j.queue > qs.name
+                     order by j.queue limit 1)
+              from qs where qs.name is not null
+        )
+        select array_agg(qs.name) into v_queues from qs where qs.name is not null;
+        if v_queues is null then
+            return;
+        end if;
+    end if;
+    if cardinality(v_queues) = 1 then
+        return query
+        with candidates as (
+            select j.id
+              from pgqueue.jobs j
+             where j.queue = v_queues[1]
+               and j.state in ('available', 'scheduled', 'retryable')
+               and j.run_at <= now()
+               and (claim.tasks is null or j.task = any(claim.tasks))
+               and not exists (select 1 from pgqueue.queues q
+                                where q.name = v_queues[1] and q.paused)
+             order by j.priority desc, j.run_at, j.id
+             limit claim.batch
+               for update skip locked
+        )
+        update pgqueue.jobs j
+           set state = 'running',
+               attempt = j.attempt + 1,
+               started_at = now(),
+               worker_id = claim.worker_id,
+               cancel_requested_at = null
+          from candidates c
+         where j.id = c.id
+        returning j.*;
+        return;
+    end if;
+    -- Several queues: the best `batch` of each, then the best `batch` of those. Rows
+    -- locked but not taken are released when the claiming statement's transaction ends.
+    return query
     with candidates as (
-        select j.id
-          from pgqueue.jobs j
-         where j.state in ('available', 'scheduled', 'retryable')
-           and j.run_at <= now()
-           and (claim.queues is null or j.queue = any(claim.queues))
-           and (claim.tasks is null or j.task = any(claim.tasks))
-           and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
-         order by j.priority desc, j.run_at, j.id
+        select c.id
+          from unnest(v_queues) as qn(name)
+         cross join lateral (
+            select j.id, j.priority, j.run_at
+              from pgqueue.jobs j
+             where j.queue = qn.name
+               and j.state in ('available', 'scheduled', 'retryable')
+               and j.run_at <= now()
+               and (claim.tasks is null or j.task = any(claim.tasks))
+               and not exists (select 1 from pgqueue.queues q
+                                where q.name = qn.name and q.paused)
+             order by j.priority desc, j.run_at, j.id
+             limit claim.batch
+               for update skip locked
+         ) c
+         order by c.priority desc, c.run_at, c.id
          limit claim.batch
-           for update skip locked
     )
     update pgqueue.jobs j
        set state = 'running',
@@ -223,8 +284,8 @@ language sql volatile set search_path = pg_catalog, pgqueue as $$
            cancel_requested_at = null
       from candidates c
      where j.id = c.id
-    returning j.*
-$$;
+    returning j.*;
+end $$;
 comment on function pgqueue.claim is 'Claim up to batch due jobs (priority desc, run_at, id), marking them running with a new attempt token, committed by the caller''s statement';
 
 create function pgqueue.next_due(queues text[], tasks text[])
@@ -314,7 +375,7 @@ language sql volatile set search_path = pg_catalog, pgqueue as $$
     with back as (
     update pgqueue.jobs j
        set state = 'available',
-           run_at = now(),
+           run_at = least(j.run_at, now()),   -- keeps its place in line
            attempt = j.attempt - 1,
            worker_id = null,
            errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -377,7 +438,8 @@ begin
            set state = case when j.cancel_requested_at is not null then 'cancelled'
                             when j.attempt >= j.max_attempts then 'discarded'
                             else 'available' end,
-               run_at = now(),
+               -- keeps its place in line: a rescued job is not sent behind the backlog
+               run_at = least(j.run_at, now()),
                finished_at = case when j.cancel_requested_at is not null
                                    or j.attempt >= j.max_attempts then now() end,
                errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -407,7 +469,8 @@ language sql volatile set search_path = pg_catalog, pgqueue as $$
     -- After a lost claim connection: jobs this worker owns but never received.
     with back as (
     update pgqueue.jobs j
-       set state = 'available', run_at = now(), attempt = j.attempt - 1, worker_id = null
+       set state = 'available', run_at = least(j.run_at, now()), attempt = j.attempt - 1,
+           worker_id = null
      where j.worker_id = release_unknown.worker_id
        and j.state = 'running'
        and j.id <> all(release_unknown.known)

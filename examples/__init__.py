@@ -1,0 +1,1 @@
+"""Runnable examples of pgqueue (each one is run by the test suite)."""

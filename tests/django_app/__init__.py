@@ -1,0 +1,1 @@
+"""A tiny Django app for tests/test_django.py (tasks, admin URLs)."""

@@ -1,0 +1,48 @@
+"""A worker frozen with SIGSTOP (a long GC pause, a throttled container, a suspended VM).
+
+Its heartbeats stop, so its job is rescued and run again by another worker. When it is
+thawed with SIGCONT, its stale attempt finishes too, but the attempt token fences its
+outcome out: the job keeps the newer attempt's result (DESIGN §2, guarantee 3).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ..conftest import wait_until
+from .helpers import Fleet, rows, side, state_of, worker_id_of
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+def test_frozen_worker_is_rescued_and_its_late_outcome_is_fenced_out(dsn, fapp,
+                                                                      spawn_worker):
+    fleet = Fleet(spawn_worker, dsn, "-c", "1", "--heartbeat-interval", "1",
+                  "--stale-after", "3", "--poll-interval", "30")
+    (w1,) = fleet.start(1)
+    w1_id = worker_id_of(dsn, w1.pid)
+    j = fapp.tasks["faults.work"].enqueue(ms=5000)
+    wait_until(lambda: side(dsn, j.id), 10, 0.02, "attempt 1 started on W1")
+    (w2,) = fleet.start(1)
+    w2_id = worker_id_of(dsn, w2.pid)
+    fleet.stop(w1)
+    try:
+        wait_until(lambda: len(side(dsn, j.id)) == 2, 15, 0.05, "attempt 2 started on W2")
+        wait_until(lambda: state_of(dsn, j.id) == "completed", 15, 0.05, "attempt 2 done")
+    finally:
+        fleet.cont(w1)
+    # W1 wakes up, finishes its stale attempt and tries to record it
+    wait_until(lambda: len(side(dsn, j.id, "end")) == 2, 15, 0.05, "W1's stale attempt ended")
+    wait_until(lambda: rows(dsn, "select heartbeat_at > now() - interval '2 s' from "
+                                 "pgqueue.workers where id = %s", (w1_id,)) == [(True,)],
+               10, 0.1, "W1 heartbeating again")
+    (state, attempt, owner, result), = rows(
+        dsn, "select state, attempt, worker_id, result from pgqueue.jobs where id = %s",
+        (j.id,))
+    starts = [(a, wk) for _, a, wk, _, _, _ in side(dsn, j.id)]
+    print(f"\nSIGSTOP: attempts {starts}; final state {state}, attempt {attempt}, "
+          f"result {result} (W1's late outcome fenced out)")
+    assert starts == [(1, str(w1_id)), (2, str(w2_id))]
+    assert (state, attempt, owner) == ("completed", 2, w2_id)
+    assert result == 2
+    fleet.assert_alive()

@@ -1,0 +1,155 @@
+"""Unique jobs (case B26) and cancellation races (case B28) with real worker processes.
+
+Policy under test (README): enqueueing a ``unique_key`` that an unfinished job holds
+returns that job's id and changes nothing, not even a running row; a running job that is
+asked to cancel ends ``cancelled`` if its task stops (or fails) and ``completed`` if it
+returns normally anyway; the outcome is one conditional update, never an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from ..conftest import wait_until
+from .helpers import TERMINAL, Fleet, rows, scalar, secs, side, state_of, worker_id_of
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+HB = ("--heartbeat-interval", "1", "--stale-after", "3", "--poll-interval", "30")
+
+
+def _cancel(conn: psycopg.Connection, job_id: int):
+    """Cancel through the SQL API; returns (state, database time just before commit)."""
+    return conn.execute("select pgqueue.cancel(%s), clock_timestamp()", (job_id,)).fetchone()
+
+
+def _row_version(dsn: str, job_id: int) -> tuple:
+    return rows(dsn, "select xmin::text, ctid::text, state, attempt, worker_id, started_at "
+                     "from pgqueue.jobs where id = %s", (job_id,))[0]
+
+
+def _worker_errors(procs) -> list[str]:
+    return [line for p in procs for line in p.log().splitlines()
+            if " ERROR " in line or "Traceback" in line or "CRITICAL" in line]
+
+
+def test_b26_reenqueueing_a_running_unique_key_never_touches_it(dsn, fapp, spawn_worker):
+    fleet = Fleet(spawn_worker, dsn, "-c", "2", *HB)
+    procs = fleet.start(3)
+    for p in procs:
+        worker_id_of(dsn, p.pid)
+    report = fapp.tasks["faults.report"].using(unique_key="report:7")
+    first = report.enqueue(7, seconds=5)
+    wait_until(lambda: side(dsn, first.id), 10, 0.02, "report:7 running")
+    version = _row_version(dsn, first.id)
+    again = []
+    for _ in range(3):
+        time.sleep(1.0)
+        again.append(report.enqueue(7, seconds=5).id)
+        assert _row_version(dsn, first.id) == version      # not even a no-op update
+    wait_until(lambda: state_of(dsn, first.id) == "completed", 15, 0.05, "report:7 done")
+    # once finished, the key is free again: a follow-up is a new job
+    follow = fapp.tasks["faults.report"].using(unique_key="report:7").enqueue(8, seconds=0.1)
+    wait_until(lambda: state_of(dsn, follow.id) == "completed", 10, 0.05, "follow-up done")
+    execs = rows(dsn, """
+        select s.job_id, s.at, e.at from public.side s
+          join public.side e on e.job_id = s.job_id and e.attempt = s.attempt
+                            and e.worker = s.worker and e.event = 'end'
+         where s.event = 'start' order by s.at""")
+    concurrent = max(sum(1 for _, a, b in execs if a <= t < b) for _, t, _ in execs)
+    errors = scalar(dsn, "select coalesce(sum(jsonb_array_length(errors)), 0) from "
+                         "pgqueue.jobs where unique_key = 'report:7'")
+    print(f"\nB26: re-enqueues returned {again} for running job {first.id} (state "
+          f"{version[2]}, attempt {version[3]}, row unchanged); executions of report:7 "
+          f"while unfinished: {sum(1 for j, _, _ in execs if j == first.id)}, max "
+          f"concurrent {concurrent}, errors {errors}; follow-up after it finished: job "
+          f"{follow.id}")
+    assert version[2] == "running" and version[3] == 1
+    assert again == [first.id] * 3
+    assert [j for j, _, _ in execs] == [first.id, follow.id]
+    assert concurrent == 1
+    assert errors == 0
+    assert follow.id != first.id
+    assert not _worker_errors(procs)
+    fleet.assert_alive()
+
+
+def test_b28_cancellation_races_with_real_workers(dsn, fapp, spawn_worker):
+    fleet = Fleet(spawn_worker, dsn, "-c", "10", *HB)
+    procs = fleet.start(1)
+    worker_id_of(dsn, procs[0].pid)
+    task = fapp.tasks["faults.cancellable"]
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        # A: cancel at 1 s, the body stops; B: the body ignores the flag; D: the body
+        # fails after the request (a retryable error): all three run side by side
+        a = task.enqueue(seconds=3)
+        b = task.enqueue(seconds=3, ignore=True)
+        d = task.enqueue(seconds=3, fail=True)
+        for j in (a, b, d):
+            wait_until(lambda j=j: side(dsn, j.id), 10, 0.01, "job started")
+        time.sleep(1.0)
+        asked = {j.id: _cancel(conn, j.id) for j in (a, b, d)}
+        for j in (a, b, d):
+            wait_until(lambda j=j: state_of(dsn, j.id) in TERMINAL, 10, 0.02, "terminal")
+        seen_a = side(dsn, a.id, "cancel-seen")[0][5]
+        stop_ms = secs(seen_a, asked[a.id][1]) * 1000
+
+        # C: cancel 1 ms before the body returns, racing its completion (50 runs)
+        runs = [task.enqueue(seconds=0.3) for _ in range(50)]
+        cancelled_at: dict[int, object] = {}
+
+        def race(job_id: int) -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                deadline = time.monotonic() + 20
+                while not side(dsn, job_id) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                started = c.execute("select min(at) from public.side where job_id = %s",
+                                    (job_id,)).fetchone()[0]
+                now = c.execute("select clock_timestamp()").fetchone()[0]
+                time.sleep(max(0.0, 0.299 - secs(now, started)))
+                cancelled_at[job_id] = _cancel(c, job_id)
+        threads = [threading.Thread(target=race, args=(j.id,), daemon=True) for j in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        wait_until(lambda: all(state_of(dsn, j.id) in TERMINAL for j in runs), 15, 0.05,
+                   "race jobs terminal")
+        race_states = dict(rows(dsn, "select state, count(*) from pgqueue.jobs "
+                                     "where id = any(%s) group by state",
+                                ([j.id for j in runs],)))
+        race_starts = rows(dsn, "select job_id, count(*) from public.side where event = "
+                                "'start' and job_id = any(%s) group by job_id",
+                           ([j.id for j in runs],))
+
+        # E: a queued job is cancelled before it starts; a finished job's cancel is a no-op
+        e = task.using(delay=1.0).enqueue(seconds=0.1)
+        e_state = _cancel(conn, e.id)[0]
+        before = _row_version(dsn, b.id)
+        b_again = _cancel(conn, b.id)[0]
+        time.sleep(1.5)
+    finally:
+        conn.close()
+    final = {j.id: rows(dsn, "select state, attempt, jsonb_array_length(errors) "
+                             "from pgqueue.jobs where id = %s", (j.id,))[0]
+             for j in (a, b, d, e)}
+    errors = _worker_errors(procs)
+    print(f"\nB28: A {final[a.id]} stopped {stop_ms:.0f} ms after the cancel; B {final[b.id]}; "
+          f"C 50 races -> {race_states}, executions {sorted({n for _, n in race_starts})}; "
+          f"D {final[d.id]}; E queued -> {e_state}, cancel of a completed job -> {b_again}; "
+          f"worker errors {len(errors)}")
+    assert final[a.id][:2] == ("cancelled", 1) and not side(dsn, a.id, "end")
+    assert stop_ms <= 200
+    assert final[b.id][:2] == ("completed", 1) and side(dsn, b.id, "end")
+    assert sum(race_states.values()) == 50 and set(race_states) <= {"completed", "cancelled"}
+    assert len(race_starts) == 50 and {n for _, n in race_starts} == {1}
+    assert final[d.id][:2] == ("cancelled", 1) and len(side(dsn, d.id)) == 1
+    assert e_state == "cancelled" and final[e.id][0] == "cancelled" and not side(dsn, e.id)
+    assert b_again == "completed" and _row_version(dsn, b.id) == before
+    assert not errors, errors[:5]
+    fleet.assert_alive()
