@@ -8,6 +8,8 @@ import inspect
 import logging
 import os
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -30,6 +32,11 @@ LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVIC
              "PGSERVICEFILE")
 
 DEFAULT_MAX_ATTEMPTS = 20
+#: longest enqueue delay (and RetryLater delay, which is clamped to it): 100 years, far
+#: inside what PostgreSQL's interval and timestamptz arithmetic can hold
+MAX_DELAY = 100 * 365.25 * 86400.0
+#: longest unique_key in UTF-8 bytes (a btree index entry must fit a third of a page)
+MAX_UNIQUE_KEY_BYTES = 1000
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -44,6 +51,23 @@ def resolve_dsn(dsn: str | None) -> str:
         return ""
     from . import embedded
     return embedded.ensure_running()
+
+
+#: a pooled connection idle for longer than this is checked (one round trip) before use
+POOL_CHECK_AFTER = 2.0
+_returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mark_returned(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    """Pool ``check``: test a connection only after it sat idle (a server restart or an
+    idle timeout breaks idle connections); one in steady use costs no extra round trip."""
+    last = _returned_at.get(conn)
+    if last is None or time.monotonic() - last > POOL_CHECK_AFTER:
+        conn.execute("")
 
 
 class App:
@@ -115,7 +139,7 @@ class App:
                         kwargs={"autocommit": True,
                                 "prepare_threshold": self.prepare_threshold},
                         open=True, name="pgqueue",
-                        check=ConnectionPool.check_connection)
+                        check=_check_if_idle, reset=_mark_returned)
         return self._pool
 
     @contextlib.contextmanager
@@ -246,6 +270,7 @@ class Task:
             if fn is None:
                 raise ValueError("a task needs a name or a function")
             name = f"{fn.__module__}.{fn.__qualname__}"
+        _validate_task_name(name)
         self.app = app
         self.fn = fn
         self.name = name
@@ -481,9 +506,10 @@ def _validate_options(*, queue: Any = None, priority: Any = None,
                       max_attempts: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if queue is not None:
-        if not isinstance(queue, str) or not queue or len(queue) > 128 or "\x00" in queue:
+        if (not isinstance(queue, str) or not queue or len(queue) > 128 or "\x00" in queue
+                or not _utf8_ok(queue)):
             raise EnqueueError(f"queue must be a non-empty string of at most 128 characters, "
-                               f"got {queue!r}")
+                               f"valid UTF-8 without NUL, got {queue!r}")
         out["queue"] = queue
     if priority is not None:
         if type(priority) is not int or not -32768 <= priority <= 32767:
@@ -500,9 +526,28 @@ def _validate_options(*, queue: Any = None, priority: Any = None,
 def _validate_unique_key(key: Any) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not key or "\x00" in key:
-        raise EnqueueError(f"unique_key must be a non-empty string without NUL, got {key!r}")
+    if (not isinstance(key, str) or not key or "\x00" in key or not _utf8_ok(key)
+            or len(key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
+        raise EnqueueError(f"unique_key must be a non-empty string of valid UTF-8 without NUL, "
+                           f"at most {MAX_UNIQUE_KEY_BYTES} bytes (hash a longer key), "
+                           f"got {key[:80] if isinstance(key, str) else key!r}")
     return key
+
+
+def _validate_task_name(name: Any) -> str:
+    if (not isinstance(name, str) or not name or len(name) > 512 or "\x00" in name
+            or not _utf8_ok(name)):
+        raise EnqueueError(f"a task name must be a non-empty string of at most 512 characters, "
+                           f"valid UTF-8 without NUL, got {name[:80] if isinstance(name, str) else name!r}")
+    return name
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime | None]:
@@ -516,6 +561,9 @@ def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime |
         if delay < 0:
             raise EnqueueError(f"delay must be >= 0 seconds, got {delay}; "
                                "use run_at for an absolute time")
+        if delay > MAX_DELAY:
+            raise EnqueueError(f"delay must be at most {MAX_DELAY:.0f} seconds (100 years), "
+                               f"got {delay}; use run_at for an absolute time")
         return float(delay), None
     if run_at is not None:
         if not isinstance(run_at, dt.datetime):
