@@ -19,7 +19,7 @@ from . import migrate, serialization
 from ._sql import q
 from .errors import EnqueueError, UnknownTaskError
 from .job import Job
-from .retry import NO_RETRY, RetryPolicy
+from .retry import MAX_DELAY, NO_RETRY, RetryPolicy
 
 __all__ = ["App", "Task", "TaskCall"]
 
@@ -32,9 +32,6 @@ LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVIC
              "PGSERVICEFILE")
 
 DEFAULT_MAX_ATTEMPTS = 20
-#: longest enqueue delay (and RetryLater delay, which is clamped to it): 100 years, far
-#: inside what PostgreSQL's interval and timestamptz arithmetic can hold
-MAX_DELAY = 100 * 365.25 * 86400.0
 #: longest unique_key in UTF-8 bytes (a btree index entry must fit a third of a page)
 MAX_UNIQUE_KEY_BYTES = 1000
 
@@ -174,8 +171,10 @@ class App:
         :param priority: default priority (int in -32768..32767, higher first; default 0).
         :param max_attempts: attempts before the job is discarded (int >= 1, default 20).
         :param timeout: seconds an attempt may run (float) or ``None`` for no limit. A
-            timed-out ``async`` task is cancelled; a sync task's thread cannot be killed,
-            so its attempt is failed at once and its slot freed when the thread returns.
+            timed-out ``async`` task is cancelled. A sync task's thread cannot be killed:
+            its ``ctx.cancelled`` flag is set and the job stays owned until the function
+            returns (so no second attempt runs beside it); the attempt is then recorded as
+            a ``TimeoutError``.
         :param retry: a :class:`RetryPolicy` (default: 1 s base, 1 h cap) or ``False`` to
             discard on the first failure.
         :param transactional: run the task inside the job's own transaction: the task

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
 import queue as queue_mod
@@ -48,7 +49,7 @@ from psycopg import errors as pgerrors
 
 from . import migrate, serialization
 from ._sql import q
-from .app import App, Task
+from .app import MAX_DELAY, App, Task
 from .context import JobContext
 from .errors import Cancelled, ConfigurationError, Discard, RetryLater, SchemaError
 from .observe import Observer
@@ -73,11 +74,39 @@ PRUNE_LOCK = 0x706771756576
 COMPLETE_BATCH = 400
 
 
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL characters and lone surrogates escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _error_dict(exc: BaseException, tb: str | None = None) -> dict[str, Any]:
     cls = type(exc)
-    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc),
-            "traceback": tb if tb is not None else "".join(
-                traceback.format_exception(cls, exc, exc.__traceback__))}
+    try:
+        message = str(exc)
+    except BaseException as e:  # noqa: BLE001 - a broken __str__ must not lose the job
+        message = f"<{cls.__qualname__}: str() of the exception raised {type(e).__name__}>"
+    if tb is None:
+        tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    return {"type": _storable(f"{cls.__module__}.{cls.__qualname__}"),
+            "message": _storable(message), "traceback": _storable(tb)}
+
+
+def _retry_delay(delay: Any) -> float | None:
+    """A RetryLater delay the database can add to now(): seconds clamped to
+    0..MAX_DELAY; None (the task's backoff) for a value that is not a number."""
+    if isinstance(delay, dt.timedelta):
+        delay = delay.total_seconds()
+    try:
+        delay = float(delay)
+    except (TypeError, ValueError):
+        return None
+    if delay != delay:
+        return None
+    return min(max(delay, 0.0), MAX_DELAY)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -98,7 +127,8 @@ class _Running:
     ctx: JobContext
     timeout: float | None
     started: float = dataclasses.field(default_factory=time.monotonic)
-    abandoned: bool = False          # outcome decided elsewhere (timeout, shutdown)
+    abandoned: bool = False          # outcome decided elsewhere (shutdown hand-back)
+    timed_out: bool = False          # a sync attempt ran past its timeout
     future: Any = None               # concurrent.futures.Future of an async task
     inputs: Any = None               # workflow inputs (JSON array) passed before args
     ended: float | None = None       # monotonic time the outcome was known (for metrics)
@@ -527,7 +557,7 @@ class Worker:
         soonest = 3600.0
         with self._lock:
             for r in self._running.values():
-                if r.timeout and not r.abandoned and r.future is None:
+                if r.timeout and not r.abandoned and not r.timed_out and r.future is None:
                     soonest = min(soonest, r.started + r.timeout - now)
         return max(0.0, soonest)
 
@@ -536,17 +566,17 @@ class Worker:
         expired = []
         with self._lock:
             for r in self._running.values():
-                if (r.timeout and not r.abandoned and r.future is None
+                if (r.timeout and not r.abandoned and not r.timed_out and r.future is None
                         and now - r.started >= r.timeout):
-                    r.abandoned = True
+                    r.timed_out = True
                     expired.append(r)
         for r in expired:
+            # A thread cannot be killed: ask the task to stop and keep the job (and its
+            # slot) until the thread returns, so no second attempt can run beside it.
+            # The attempt is then recorded as a TimeoutError whatever it returned.
             r.ctx._cancel.set()
-            err = {"type": "builtins.TimeoutError",
-                   "message": f"attempt exceeded its timeout of {r.timeout} s",
-                   "traceback": None}
-            log.warning("job %s %s timed out after %s s", r.id, r.name, r.timeout)
-            self._record_failure(r, err)
+            log.warning("job %s %s timed out after %s s; waiting for its thread to return",
+                        r.id, r.name, r.timeout)
 
     # -- execution -------------------------------------------------------------------
 
@@ -596,6 +626,8 @@ class Worker:
             with self._lock:
                 if r.abandoned:
                     raise _Abandoned()
+            if r.timed_out:   # roll the writes back; recorded as a TimeoutError
+                raise TimeoutError(f"attempt exceeded its timeout of {r.timeout} s")
             row = conn.execute(q("complete_one"), {
                 "worker_id": self.id, "id": r.id, "attempt": r.attempt,
                 "result": payload}).fetchone()
@@ -661,6 +693,9 @@ class Worker:
 
     def _record_success(self, r: _Running, result: Any) -> None:
         r.ended = time.monotonic()
+        if r.timed_out:
+            self._record_failure(r, _timeout_error(r))
+            return
         try:
             payload = serialization.dumps(result, "result")
         except Exception as e:  # noqa: BLE001 - an unstorable result fails the job for good
@@ -678,10 +713,13 @@ class Worker:
         with self._lock:
             if r.abandoned:
                 return
+        if r.timed_out:
+            self._record_failure(r, _timeout_error(r))
+            return
         err = _error_dict(e)
         r.exc = e
         if isinstance(e, RetryLater):
-            self._record_failure(r, err, retry_delay=e.delay)
+            self._record_failure(r, err, retry_delay=_retry_delay(e.delay))
         elif isinstance(e, Discard):
             self._record_failure(r, err, discard=True)
         else:
@@ -699,7 +737,14 @@ class Worker:
 
     def _forget(self, r: _Running) -> None:
         with self._lock:
-            self._running.pop(r.id, None)
+            self._drop(r)
+
+    def _drop(self, r: _Running) -> None:
+        """Remove ``r`` from the running set, unless the job was claimed again since
+        (a retry due at once can be re-claimed before this attempt's record lands).
+        Call with ``self._lock`` held."""
+        if self._running.get(r.id) is r:
+            del self._running[r.id]
 
     # -- completer -------------------------------------------------------------------
 
@@ -766,9 +811,9 @@ class Worker:
                         if self._observer is not None and fails else None)
         with self._lock:
             for r, _ in done:
-                self._running.pop(r.id, None)
+                self._drop(r)
             for r, _ in fails:
-                self._running.pop(r.id, None)
+                self._drop(r)
         self.stats["completed"] += len(done)
         self.stats["failed"] += len(fails)
         if self._observer is not None:
@@ -801,6 +846,17 @@ class Worker:
                 kind, r, _ = item
                 if kind == "complete":   # e.g. a result the database refuses: fail the job
                     left.append(("fail", r, (_error_dict(e), True, None)))
+                elif item[2][0].get("type") != "pgqueue.UnrecordableError":
+                    # Record a plain failure instead, or the job would stay `running`
+                    # while this worker heartbeats, and never reach a terminal state.
+                    log.error("cannot record failure of job %s (%s); recording a plain one",
+                              r.id, e)
+                    err, discard, _ = item[2]
+                    left.append(("fail", r, ({
+                        "type": "pgqueue.UnrecordableError",
+                        "message": _storable(f"the attempt failed ({err.get('type')}) but its "
+                                             f"error could not be recorded: {e}"),
+                        "traceback": None}, discard, None)))
                 else:
                     log.error("cannot record failure of job %s: %s", r.id, e)
                     self._forget(r)
@@ -998,6 +1054,12 @@ class Worker:
             c.close()
         self._stop_observer()   # runs the error hooks still queued, stops serving metrics
         log.info("worker %s stopped", self.name)
+
+
+def _timeout_error(r: _Running) -> dict[str, Any]:
+    return {"type": "builtins.TimeoutError",
+            "message": f"attempt exceeded its timeout of {r.timeout} s",
+            "traceback": None}
 
 
 class _Abandoned(Exception):

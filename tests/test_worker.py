@@ -292,3 +292,27 @@ def test_graceful_stop_hands_back_unfinished_jobs(app, start_worker, conn):
     assert rows == [("available", 0, "pgqueue.Interrupted")] * 2, rows
     assert conn.execute("select count(*) from pgqueue.workers").fetchone()[0] == 0
     assert [j.id for j in jobs]
+
+
+def test_sync_timeout_never_lets_a_second_attempt_run_beside_the_first(app, start_worker, conn):
+    """A timed-out thread cannot be killed: the job stays owned until it returns."""
+    conn.execute("create table runs (job_id bigint, attempt int, started float8, ended float8)")
+
+    @app.task(name="t.stubborn", timeout=0.2, max_attempts=2, pass_context=True,
+              retry=RetryPolicy(base=0.0, cap=0.0))
+    def stubborn(ctx):
+        t0 = time.time()
+        time.sleep(1.0)           # ignores the cancellation flag
+        with ctx.app.connection() as c:
+            c.execute("insert into runs values (%s, %s, %s, %s)",
+                      (ctx.job_id, ctx.attempt, t0, time.time()))
+        return "late"
+
+    start_worker(app, concurrency=2)
+    job = stubborn.enqueue()
+    with pytest.raises(JobFailed) as info:
+        job.result(timeout=20)
+    assert [e["type"] for e in info.value.errors] == ["builtins.TimeoutError"] * 2
+    rows = conn.execute("select attempt, started, ended from runs order by attempt").fetchall()
+    assert [r[0] for r in rows] == [1, 2]
+    assert rows[1][1] >= rows[0][2]     # attempt 2 started after attempt 1 returned
