@@ -192,6 +192,11 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
     if "\\u0000" in value:
         raise click.BadParameter("contains a NUL character (\\u0000), which PostgreSQL cannot "
                                  "store", param_hint=what)
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("contains a lone surrogate (\\ud800-\\udfff), which is not "
+                                 "valid UTF-8", param_hint=what) from None
     return value
 
 
@@ -209,6 +214,15 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
             priority: int, delay: float | None, max_attempts: int | None,
             unique_key: str | None) -> None:
     """Enqueue a job of TASK (a registered task name) and print its id."""
+    from .app import _validate_options, _validate_task_name, _validate_unique_key, _validate_when
+    for hint, check in (("TASK", lambda: _validate_task_name(task)),
+                        ("--queue", lambda: _validate_options(queue=queue)),
+                        ("--delay", lambda: _validate_when(delay, None)),
+                        ("--unique-key", lambda: _validate_unique_key(unique_key))):
+        try:
+            check()
+        except PgQueueError as e:
+            raise click.BadParameter(str(e), param_hint=hint) from None
     params = {"task": task, "args": _json_arg(args_json, list, "--args"),
               "kwargs": _json_arg(kwargs_json, dict, "--kwargs"), "queue": queue,
               "priority": priority, "run_at": None, "delay": delay,

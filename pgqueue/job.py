@@ -150,6 +150,18 @@ class Job:
         :raises ResultTimeout: ``timeout`` elapsed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._wait_result(deadline, timeout)
+            except psycopg.OperationalError:
+                # The waiting connection was lost (server restart, idle timeout,
+                # pg_terminate_backend): listen again on a new one, re-reading the row
+                # first, so a notification missed meanwhile costs nothing.
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _wait_result(self, deadline: float | None, timeout: float | None) -> Any:
         with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
             conn.execute("listen pgqueue_done")
             while True:

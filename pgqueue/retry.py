@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["NO_RETRY", "RetryPolicy"]
+__all__ = ["MAX_DELAY", "NO_RETRY", "RetryPolicy"]
+
+#: longest delay anywhere (enqueue delay, RetryLater delay, backoff cap): 100 years, far
+#: inside what PostgreSQL's interval and timestamptz arithmetic can hold
+MAX_DELAY = 100 * 365.25 * 86400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +32,10 @@ class RetryPolicy:
     retry: bool = True
 
     def __post_init__(self) -> None:
-        if not (self.base >= 0 and self.cap >= 0):
-            raise ValueError("RetryPolicy base and cap must be >= 0 seconds")
+        if not (0 <= self.base <= MAX_DELAY and 0 <= self.cap <= MAX_DELAY):
+            raise ValueError(f"RetryPolicy base and cap must be finite seconds in "
+                             f"0..{MAX_DELAY:.0f} (100 years), got base={self.base!r}, "
+                             f"cap={self.cap!r}")
 
 
 NO_RETRY = RetryPolicy(retry=False)

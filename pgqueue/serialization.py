@@ -47,6 +47,15 @@ def _bad(path: str, message: str) -> SerializationError:
     return SerializationError(f"argument {path}: {message}")
 
 
+def _utf8_ok(text: str) -> bool:
+    """False if ``text`` holds a lone surrogate (PostgreSQL accepts only valid UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode(value: Any, path: str = "value") -> Any:
     """Turn a Python value into plain JSON types (tagging rich types).
 
@@ -62,6 +71,9 @@ def encode(value: Any, path: str = "value") -> Any:
         if "\x00" in value:
             raise _bad(path, "contains a NUL character (\\x00), which PostgreSQL cannot store; "
                              "remove it or send the data as bytes")
+        if not value.isascii() and not _utf8_ok(value):
+            raise _bad(path, "contains a lone surrogate (\\ud800-\\udfff), which is not valid "
+                             "UTF-8; decode the text with errors='replace' or send it as bytes")
         return value
     if t is float:
         if not math.isfinite(value):
@@ -74,6 +86,9 @@ def encode(value: Any, path: str = "value") -> Any:
                 raise _bad(path, f"dict key {k!r} is a {type(k).__name__}; keys must be str")
             if "\x00" in k:
                 raise _bad(path, "dict key contains a NUL character (\\x00)")
+            if not k.isascii() and not _utf8_ok(k):
+                raise _bad(path, f"dict key {k!r} contains a lone surrogate, which is not "
+                                 "valid UTF-8")
             out[k] = encode(v, f"{path}[{k!r}]")
         if TAG in out:
             return {TAG: "object", "value": out}
@@ -154,7 +169,13 @@ def dumps(value: Any, path: str = "value") -> str:
         return "[]"
     if t is dict and not value:
         return "{}"
-    return json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
+    try:
+        return json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise _bad(path, "is nested too deeply (or contains itself); flatten the "
+                         "structure") from None
+    except ValueError as e:   # e.g. an int with more digits than int->str conversion allows
+        raise _bad(path, f"cannot be written as JSON: {e}") from None
 
 
 def loads(text: str | bytes | None) -> Any:

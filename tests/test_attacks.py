@@ -1,0 +1,184 @@
+"""Hostile inputs and misbehaving tasks: every job still reaches a terminal state, the
+worker keeps running, and bad input is refused before any SQL with a clear error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+import pgqueue
+from pgqueue.cli import main
+
+from .conftest import wait_until
+
+
+def _states(dsn: str) -> dict[int, tuple[str, int]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return {i: (s, a) for i, s, a in c.execute("select id, state, attempt from pgqueue.jobs")}
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ failed")
+
+
+def test_unstorable_exception_messages_are_recorded(app, dsn, start_worker):
+    """A task's exception whose message PostgreSQL cannot store (NUL, lone surrogate) or
+    whose str() raises still fails the job; the worker's threads survive it."""
+    @app.task(name="atk.nul", retry=False)
+    def nul() -> None:
+        raise ValueError("bad\x00byte")
+
+    @app.task(name="atk.surrogate", retry=False)
+    def surrogate() -> None:
+        raise ValueError("lone \ud800 surrogate")
+
+    @app.task(name="atk.badstr", retry=False)
+    def badstr() -> None:
+        raise _StrRaises()
+
+    @app.task(name="atk.ok")
+    def ok(n: int) -> int:
+        return n
+
+    bad = [t.enqueue().id for t in (nul, surrogate, badstr, badstr)]
+    start_worker(app, concurrency=1)
+    wait_until(lambda: all(_states(dsn)[i][0] == "discarded" for i in bad), 10,
+               message="bad-message jobs discarded")
+    # The single executor thread is still alive: an ordinary job after them completes.
+    assert ok.enqueue(7).result(timeout=10) == 7
+    with psycopg.connect(dsn, autocommit=True) as c:
+        msgs = [m for (m,) in c.execute(
+            "select errors -> -1 ->> 'message' from pgqueue.jobs where id = any(%s) order by id",
+            (bad,))]
+    assert "bad" in msgs[0] and "byte" in msgs[0]
+    assert "surrogate" in msgs[1]
+    assert "_StrRaises" in msgs[2]
+
+
+def test_retry_later_with_unusable_delay(app, dsn, start_worker):
+    """RetryLater(delay=nan/inf/1e300) neither strands the job in `running` nor retries
+    it at once in a hot loop (a huge interval must not wrap around to the past)."""
+    @app.task(name="atk.nan", max_attempts=3)
+    def nan() -> None:
+        raise pgqueue.RetryLater(delay=float("nan"))
+
+    @app.task(name="atk.inf", max_attempts=3)
+    def inf() -> None:
+        raise pgqueue.RetryLater(delay=float("inf"))
+
+    @app.task(name="atk.huge", max_attempts=3)
+    def huge() -> None:
+        raise pgqueue.RetryLater(delay=1e300)
+
+    ids = [t.enqueue().id for t in (nan, inf, huge)]
+    start_worker(app, concurrency=3)
+    wait_until(lambda: all(_states(dsn)[i][0] not in ("available", "running") for i in ids), 10,
+               message="jobs failed")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        rows = c.execute("select id, state, attempt, run_at > now() + interval '1 day' "
+                         "from pgqueue.jobs where id = any(%s) order by id", (ids,)).fetchall()
+    assert rows[0][1:3] == ("retryable", 1)           # nan: the ordinary backoff
+    assert rows[1][1:] == ("retryable", 1, True)      # inf: far away, not now
+    assert rows[2][1:] == ("retryable", 1, True)      # huge: far away, not now
+
+
+def test_retry_policy_rejects_unusable_cap():
+    with pytest.raises(ValueError):
+        pgqueue.RetryPolicy(cap=float("inf"))
+    with pytest.raises(ValueError):
+        pgqueue.RetryPolicy(base=float("nan"))
+
+
+def _nest(depth: int) -> list:
+    v: list = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("call,error", [
+    (lambda a, t, c: t.using(connection=c).enqueue("a\ud800b"), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue(**{"k\udfff": 1}), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue({"x": {"k\udfff": 1}}), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue(_nest(5000)), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue(10 ** 5000), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c, unique_key="k" * 5000).enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: t.using(connection=c, unique_key="\ud800").enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: t.using(connection=c, queue="q\ud800").enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: t.using(connection=c, delay=float("inf")).enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: t.using(connection=c, delay=1e13).enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: a.enqueue("t" * 600, connection=c), pgqueue.EnqueueError),
+    (lambda a, t, c: a.enqueue("", connection=c), pgqueue.EnqueueError),
+    (lambda a, t, c: a.enqueue("a\x00b", connection=c), pgqueue.EnqueueError),
+    (lambda a, t, c: a.enqueue("a\ud800b", connection=c), pgqueue.EnqueueError),
+])
+def test_bad_input_refused_before_sql(app, dsn, call, error):
+    """Each bad input raises pgqueue's error and leaves the caller's transaction usable."""
+    t = app.task(lambda *a, **k: None, name="atk.noop")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("insert into public.side (note) values ('mine')")
+        with pytest.raises(error):
+            call(app, t, conn)
+        t.using(connection=conn).enqueue()
+        conn.commit()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from public.side").fetchone()[0] == 1
+        assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--queue", ""],
+    ["--queue", "q" * 200],
+    ["--delay", "1e13"],
+    ["--delay", "nan"],
+    ["--unique-key", "k" * 5000],
+    ["--args", '["\\ud800"]'],
+    ["--kwargs", '{"a\\u0000": 1}'],
+])
+def test_cli_enqueue_bad_input(dsn, args):
+    res = CliRunner().invoke(main, ["--dsn", dsn, "enqueue", "atk.noop", *args])
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value" in res.output
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("name", ["", "t" * 600])
+def test_cli_enqueue_bad_task_name(dsn, name):
+    res = CliRunner().invoke(main, ["--dsn", dsn, "enqueue", name])
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value" in res.output
+
+
+def test_result_survives_lost_connection(app, dsn):
+    """job.result() keeps waiting when its LISTEN connection is terminated."""
+    job = app.enqueue("atk.nobody")
+    out: dict = {}
+
+    def wait() -> None:
+        try:
+            out["value"] = job.result(timeout=15)
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        def listening() -> bool:
+            return c.execute("select count(*) from pg_stat_activity where datname = "
+                             "current_database() and query like 'select state, result%%' "
+                             "and pid <> pg_backend_pid()").fetchone()[0] > 0
+        wait_until(listening, 10, message="result() waiting")
+        c.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                  "where datname = current_database() and pid <> pg_backend_pid()")
+        time.sleep(0.5)
+        c.execute("update pgqueue.jobs set state = 'completed', result = '5', "
+                  "finished_at = now() where id = %s", (job.id,))
+        c.execute("select pg_notify('pgqueue_done', %s)", (str(job.id),))
+    t.join(15)
+    assert out == {"value": 5}
