@@ -22,7 +22,7 @@ def queries() -> dict[str, str]:
     text = read_text("queries.sql")
     out: dict[str, str] = {}
     pieces = _NAME.split(text)
-    for name, body in zip(pieces[1::2], pieces[2::2]):
+    for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
         body = "\n".join(line for line in body.strip().splitlines()
                          if not line.lstrip().startswith("--")).strip().rstrip(";")
         out[name] = body

@@ -7,6 +7,7 @@ import datetime as dt
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -17,7 +18,7 @@ import psycopg
 
 from . import migrate, serialization
 from ._sql import q
-from .errors import EnqueueError, UnknownTaskError
+from .errors import EnqueueError, SchemaError, UnknownTaskError
 from .job import Job
 from .retry import MAX_DELAY, NO_RETRY, RetryPolicy
 
@@ -268,7 +269,7 @@ class Task:
         if name is None:
             if fn is None:
                 raise ValueError("a task needs a name or a function")
-            name = f"{fn.__module__}.{fn.__qualname__}"
+            name = f"{_module_name(fn)}.{fn.__qualname__}"
         _validate_task_name(name)
         self.app = app
         self.fn = fn
@@ -418,7 +419,8 @@ class TaskCall:
         """
         params = self._params(args, kwargs)
         from ._connections import enqueue_one
-        return Job(self.task.app, enqueue_one(self.task.app, self.connection, params))
+        with _schema_errors():
+            return Job(self.task.app, enqueue_one(self.task.app, self.connection, params))
 
     async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue on a caller's async connection (its transaction), or a new one.
@@ -428,7 +430,8 @@ class TaskCall:
         """
         params = self._params(args, kwargs)
         from ._connections import aenqueue_one
-        return Job(self.task.app, await aenqueue_one(self.task.app, self.connection, params))
+        with _schema_errors():
+            return Job(self.task.app, await aenqueue_one(self.task.app, self.connection, params))
 
     def enqueue_many(self, items: Iterable[Any]) -> int:
         """Enqueue many jobs of this task in one round trip of COPY, streamed.
@@ -469,6 +472,33 @@ class TaskCall:
                 (n,) = conn.execute(q("bulk_stage_insert")).fetchone()
                 conn.execute(q("bulk_stage_clear"))
                 return n
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """``fn.__module__``, except for a script's ``__main__``: the name a worker importing
+    that file would see (``python -m pkg.mod`` -> ``pkg.mod``; ``python mod.py`` -> ``mod``),
+    so a producer run as a script and ``pgqueue worker --app mod`` agree on task names."""
+    mod = fn.__module__
+    if mod != "__main__":
+        return mod
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return spec.name
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else mod
+
+
+@contextlib.contextmanager
+def _schema_errors() -> Iterator[None]:
+    """Turn "no such schema/function" from the driver into :class:`SchemaError`."""
+    try:
+        yield
+    except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction,
+            psycopg.errors.UndefinedTable) as e:
+        raise SchemaError(
+            f"the pgqueue schema is missing or older than this code "
+            f"({str(e).strip().splitlines()[0]}); run `pgqueue migrate`") from e
 
 
 class Args:

@@ -53,7 +53,24 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns database errors that have a known remedy into one-line click errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable,
+                psycopg.errors.UndefinedFunction) as e:
+            raise click.ClickException(
+                f"the pgqueue schema is missing or older than this pgqueue "
+                f"({str(e).strip().splitlines()[0]}); run `pgqueue migrate`") from None
+        except psycopg.OperationalError as e:
+            raise click.ClickException(f"database error: {str(e).strip()}\n"
+                                       "Check --dsn / PGQUEUE_DSN and that the server is up."
+                                       ) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dsn", envvar="PGQUEUE_DSN", default=None, metavar="DSN",
               help="PostgreSQL connection string or URL [env: PGQUEUE_DSN]. Default: libpq's "
                    "environment (PGHOST, ...), else the embedded PostgreSQL.")
@@ -159,7 +176,7 @@ def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
     """Run jobs until SIGTERM/SIGINT (graceful: finish, then hand back, exit 0)."""
     from .worker import Worker
     prune_after = None if retention.strip().lower() in ("off", "none", "never") \
-        else parse_duration(retention)
+        else parse_duration(retention, "--retention")
     app = load_app(app_spec)
     if app._dsn is None and obj._dsn is not None:
         app._dsn = obj._dsn
@@ -301,7 +318,7 @@ STATES = ["pending", "scheduled", "available", "running", "retryable", "complete
 def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
               since: str | None, limit: int, as_json: bool) -> None:
     """Newest jobs first, filtered by state, queue, task and age."""
-    seconds = parse_duration(since) if since is not None else None
+    seconds = parse_duration(since, "--since") if since is not None else None
     with obj.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(
             q("jobs_list"), {"state": state, "queue": queue, "task": task, "since": seconds,
@@ -351,7 +368,7 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
     """Make job JOB_ID (discarded, cancelled or waiting) available now, or with --failed
     every discarded job. A job out of attempts gets one more."""
     if (job_id is None) == (not failed):
-        raise click.UsageError("give a JOB_ID or --failed, not both")
+        raise click.UsageError("give a JOB_ID or --failed (one of them)")
     if job_id is not None and (queue or task):
         raise click.UsageError("--queue and --task go with --failed")
     with obj.connect() as conn:
@@ -359,6 +376,10 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
             (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
             if state is None:
                 raise click.ClickException(f"no job with id {job_id}")
+            if state in ("running", "completed", "pending"):
+                raise click.ClickException(
+                    f"job {job_id} is {state}: only discarded, cancelled, retryable or "
+                    "scheduled jobs can be retried (enqueue a new job to run it again)")
             rows = [(job_id, state)]
         else:
             with conn.transaction():
@@ -465,19 +486,21 @@ def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None
         _table(rows, ["name", "id", "queues", "busy", "heartbeat_age", "alive", "started_at"])
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+def parse_duration(text: str, option: str = "--older-than") -> float:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds. A unit is required: a bare
+    ``1`` could mean a second or a day, and pruning on a guess deletes data."""
     m = _DURATION.match(text)
     if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 12h or 7d")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        raise click.BadParameter(f"{text!r} is not a duration with a unit, like 30s, 15m, "
+                                 "12h, 7d or 2w", param_hint=option)
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
 @main.command()
-@click.option("--older-than", required=True, help="Age of finished jobs to delete: 30s, 15m, 12h, 7d.")
+@click.option("--older-than", required=True, help="Age of finished jobs to delete, with a unit: 30s, 15m, 12h, 7d, 2w.")
 @click.option("--state", "states", multiple=True,
               type=click.Choice(["completed", "discarded", "cancelled"]),
               help="States to prune (repeatable; default all three).")
@@ -531,8 +554,8 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, queues: tuple[str,
     reasons: database unreachable, schema not at this code's version, no worker
     heartbeat within --max-heartbeat-age, or a due job waiting longer than --max-job-age
     (paused queues are not checked)."""
-    hb_limit = parse_duration(max_heartbeat_age)
-    age_limit = parse_duration(max_job_age)
+    hb_limit = parse_duration(max_heartbeat_age, "--max-heartbeat-age")
+    age_limit = parse_duration(max_job_age, "--max-job-age")
     qs = list(queues) or None
     reasons: list[str] = []
     report: dict[str, Any] = {"schema_version": None,

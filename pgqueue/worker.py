@@ -370,9 +370,11 @@ class Worker:
         except BaseException:
             self._stop_observer()
             raise
-        log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%d",
+        log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%s",
                  self.name, self.id, self.queues or "all", self.concurrency,
-                 len(self._tasks_names))
+                 ", ".join(self._tasks_names[:20])
+                 + (f" (+{len(self._tasks_names) - 20} more)" if len(self._tasks_names) > 20
+                    else ""))
         self._start_threads()
         if self.listen and not self._listening.wait(10):
             log.warning("LISTEN not established yet; claiming anyway (notifications resume "
@@ -420,6 +422,7 @@ class Worker:
     def _wait_for_schema(self) -> None:
         deadline = time.monotonic() + self.schema_wait
         said = False
+        next_note = 0.0
         while True:
             try:
                 self._claim.run(migrate.check_schema)
@@ -433,7 +436,10 @@ class Worker:
             except psycopg.OperationalError as e:
                 if time.monotonic() >= deadline:
                     raise
-                log.warning("cannot connect yet: %s", e)
+                if time.monotonic() >= next_note:
+                    log.warning("cannot connect yet (%s); retrying for up to %.0f s",
+                                str(e).strip(), deadline - time.monotonic())
+                    next_note = time.monotonic() + 5.0
             time.sleep(0.2)
 
     def _start_threads(self) -> None:

@@ -509,7 +509,7 @@ def test_check_passes_when_healthy_and_fails_for_each_reason(dsn, conn):
     res = cli(dsn, "check", "--max-heartbeat-age", "30s")
     assert res.exit_code == 1 and "no heartbeat for" in res.output
     assert cli(dsn, "check", "--max-heartbeat-age", "5m").exit_code == 0
-    assert cli(dsn, "check", "--max-heartbeat-age", "0").exit_code == 0
+    assert cli(dsn, "check", "--max-heartbeat-age", "0s").exit_code == 0
     conn.execute("delete from pgqueue.workers")
     res = cli(dsn, "check")
     assert res.exit_code == 1 and "no worker has registered" in res.output
