@@ -43,10 +43,8 @@ select count(*) from ins;
 truncate pg_temp.pgqueue_bulk_stage;
 
 -- name: job_get
-select id, queue, task, args, kwargs, state, priority, run_at, attempt, max_attempts,
-       unique_key, result, errors, created_at, started_at, finished_at, worker_id,
-       cancel_requested_at
-  from pgqueue.jobs where id = %(id)s;
+-- Every column, so `jobs show` and Job.row follow the table as migrations add columns.
+select * from pgqueue.jobs where id = %(id)s;
 
 -- name: job_state
 select state, result, errors from pgqueue.jobs where id = %(id)s;
