@@ -460,3 +460,25 @@ def test_member_killed_before_completion_runs_again_callback_once(app, t, conn, 
     cb = side(conn, "callback")
     assert len(cb) == 1 and cb[0][2]["results"] == list(range(n))
     assert_edges_consistent(conn, h.id)
+
+
+def test_deleting_jobs_or_workflows_deletes_their_edges(app, t, conn):
+    """No foreign keys on the edges: statement triggers do what on delete cascade did."""
+    h1 = chord([t.add.s(1, 1), t.add.s(2, 2)], t.total.s()).enqueue()
+    h2 = chain(t.add.s(1, 2), t.ident.s()).enqueue()
+    plain = t.add.enqueue(3, 4)
+    edges = "select count(*) from pgqueue.job_dependencies where job_id = any(%s) or depends_on = any(%s)"
+    assert conn.execute(edges, (h1.job_ids, h1.job_ids)).fetchone()[0] == 2
+    # a member deleted (as prune does): its edge goes with it, the others stay
+    conn.execute("delete from pgqueue.jobs where id = any(%s)", ([h1.job_ids[0], plain.id],))
+    assert conn.execute("select job_id, depends_on from pgqueue.job_dependencies "
+                        "where job_id = %s", (h1.job_ids[2],)).fetchall() == [
+        (h1.job_ids[2], h1.job_ids[1])]
+    # a workflow deleted: its jobs and edges go with it; the other workflow is untouched
+    conn.execute("delete from pgqueue.workflows where id = %s", (h1.id,))
+    assert conn.execute("select count(*) from pgqueue.jobs where workflow_id = %s",
+                        (h1.id,)).fetchone()[0] == 0
+    assert conn.execute(edges, (h1.job_ids, h1.job_ids)).fetchone()[0] == 0
+    assert conn.execute(edges, (h2.job_ids, h2.job_ids)).fetchone()[0] == 1
+    assert conn.execute("select count(*) from pgqueue.jobs where workflow_id = %s",
+                        (h2.id,)).fetchone()[0] == 2
