@@ -53,18 +53,17 @@ def resolve_dsn(dsn: str | None) -> str:
 
 #: a pooled connection idle for longer than this is checked (one round trip) before use
 POOL_CHECK_AFTER = 2.0
-_returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _mark_returned(conn: psycopg.Connection) -> None:
-    _returned_at[conn] = time.monotonic()
+_handed_out_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_if_idle(conn: psycopg.Connection) -> None:
-    """Pool ``check``: test a connection only after it sat idle (a server restart or an
-    idle timeout breaks idle connections); one in steady use costs no extra round trip."""
-    last = _returned_at.get(conn)
-    if last is None or time.monotonic() - last > POOL_CHECK_AFTER:
+    """Pool ``check``: test a connection only when it was not handed out in the last
+    ``POOL_CHECK_AFTER`` seconds (a server restart or an idle timeout breaks idle
+    connections); one in steady use costs no extra round trip."""
+    now = time.monotonic()
+    last = _handed_out_at.get(conn)
+    _handed_out_at[conn] = now
+    if last is None or now - last > POOL_CHECK_AFTER:
         conn.execute("")
 
 
@@ -137,7 +136,7 @@ class App:
                         kwargs={"autocommit": True,
                                 "prepare_threshold": self.prepare_threshold},
                         open=True, name="pgqueue",
-                        check=_check_if_idle, reset=_mark_returned)
+                        check=_check_if_idle)
         return self._pool
 
     @contextlib.contextmanager

@@ -164,11 +164,13 @@ def _pct(values: list[float], p: float) -> float:
 class Bench:
     """Shared state of one ``pgqueue bench`` run."""
 
-    def __init__(self, dsn: str, queue: str = "bench", concurrency: int = 10):
+    def __init__(self, dsn: str, queue: str = "bench", concurrency: int = 10,
+                 producers: int = 1):
         self.dsn = dsn
         self.queue = queue
         self.concurrency = concurrency
-        self.app = App(dsn, pool_min_size=1, pool_max_size=4)
+        self.producers = producers
+        self.app = App(dsn, pool_min_size=1, pool_max_size=max(4, producers))
         self.started: dict[int, float] = {}
         self.started_event = threading.Event()
         self.last_drain: dict[str, Any] | None = None
@@ -229,14 +231,24 @@ class Bench:
             self.noop.enqueue()
         self.cleanup()
         noop = self.noop
+        k = self.producers
+
+        def produce(count: int) -> None:
+            for _ in range(count):
+                noop.enqueue()     # one job per transaction, committed
+
+        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        threads = [threading.Thread(target=produce, args=(c,)) for c in shares]
         t0 = time.perf_counter()
-        for _ in range(n):
-            noop.enqueue()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         dt_ = time.perf_counter() - t0
         got = self.count()
         self.cleanup()
         return {"scenario": "enqueue", "jobs": n, "seconds": round(dt_, 3),
-                "jobs_per_s": round(n / dt_), "ok": got == n}
+                "jobs_per_s": round(n / dt_), "producers": k, "ok": got == n}
 
     def bulk(self, n: int) -> dict[str, Any]:
         self.cleanup(vacuum=False)
@@ -446,11 +458,12 @@ class Bench:
 
 def run_scenarios(dsn: str, scenarios: list[str], *, jobs: int, concurrency: int,
                   samples: int, finished_rows: int, queue: str = "bench",
+                  producers: int = 1,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``scenarios`` against ``dsn``; returns a JSON-able report."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         migrate_mod.apply(conn)
-    b = Bench(dsn, queue=queue, concurrency=concurrency)
+    b = Bench(dsn, queue=queue, concurrency=concurrency, producers=producers)
     report: dict[str, Any] = {"server_version": b.server_version(), "cpus": os.cpu_count(),
                               "results": []}
     try:
@@ -490,6 +503,8 @@ def _print_table(report: dict[str, Any]) -> None:
         s = r["scenario"]
         if s in ("enqueue", "bulk", "drain"):
             details = []
+            if r.get("producers"):
+                details.append(f"{r['producers']} producer(s), one job per transaction")
             if s == "drain":
                 details.append(f"concurrency {r['concurrency']}")
             if "rss_start_mib" in r:
@@ -554,10 +569,13 @@ def _print_table(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of a table.")
 @click.option("--json-out", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON report to this file.")
+@click.option("--producers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Threads enqueueing one job per transaction at once (enqueue scenario); "
+                   "several producers share WAL flushes (group commit).")
 @click.pass_context
 def bench(ctx: click.Context, jobs: int, concurrency: int, scenarios: tuple[str, ...],
           samples: int, finished_rows: int, queue: str, as_json: bool,
-          json_out: str | None) -> None:
+          json_out: str | None, producers: int) -> None:
     """Measure enqueue, bulk enqueue, drain throughput, wake-up latency and chords.
 
     Uses its own queue (`bench`) in the configured database, migrating it first, and
@@ -580,7 +598,8 @@ def bench(ctx: click.Context, jobs: int, concurrency: int, scenarios: tuple[str,
             click.echo(f"running {s} ...", err=True)
 
     report = run_scenarios(dsn, chosen, jobs=jobs, concurrency=concurrency, samples=samples,
-                           finished_rows=finished_rows, queue=queue, progress=progress)
+                           finished_rows=finished_rows, queue=queue, producers=producers,
+                           progress=progress)
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
