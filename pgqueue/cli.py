@@ -90,7 +90,9 @@ def main(ctx: click.Context, dsn: str | None, log_level: str) -> None:
 @main.command()
 @click.option("--status", is_flag=True, help="List migrations and whether each is applied.")
 @click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
-@click.option("--target", type=int, default=None, help="Stop at this version.")
+@click.option("--target", type=int, default=None,
+              help="Stop at this version. Migrations are forward-only: a version at or below "
+                   "the applied one changes nothing.")
 @pass_ctx
 def migrate(obj: Ctx, status: bool, dry_run: bool, target: int | None) -> None:
     """Apply pending schema migrations (each in its own transaction, under an advisory lock)."""
@@ -146,7 +148,8 @@ def load_app(spec: str) -> App:
               help="Seconds between claims without a notification.")
 @click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds running jobs may finish after SIGTERM before they are handed back.")
-@click.option("--heartbeat-interval", default=2.0, show_default=True, type=click.FloatRange(0.05))
+@click.option("--heartbeat-interval", default=2.0, show_default=True, type=click.FloatRange(0.05),
+              help="Seconds between heartbeats; at most a third of --stale-after.")
 @click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0.2),
               help="Seconds without heartbeat after which a worker's jobs are rescued.")
 @click.option("--no-listen", is_flag=True,
@@ -221,11 +224,15 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @click.argument("task")
 @click.option("--args", "args_json", default=None, metavar="JSON", help="Positional arguments, a JSON array.")
 @click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword arguments, a JSON object.")
-@click.option("--queue", default="default", show_default=True)
-@click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767))
+@click.option("--queue", default="default", show_default=True, help="Queue to put the job in.")
+@click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767),
+              help="Higher runs first.")
 @click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds from now (database clock).")
-@click.option("--max-attempts", default=None, type=click.IntRange(1))
-@click.option("--unique-key", default=None)
+@click.option("--max-attempts", default=None, type=click.IntRange(1),
+              help="Attempts before the job is discarded (20 when not given).")
+@click.option("--unique-key", default=None,
+              help="At most one unfinished job per key, across all tasks and queues; if one "
+                   "holds the key, print its id and enqueue nothing.")
 @pass_ctx
 def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None, queue: str,
             priority: int, delay: float | None, max_attempts: int | None,
@@ -312,7 +319,8 @@ STATES = ["pending", "scheduled", "available", "running", "retryable", "complete
 @click.option("--task", default=None, help="Only jobs of this task name.")
 @click.option("--since", default=None, metavar="DURATION",
               help="Only jobs enqueued within this long: 30s, 15m, 12h, 7d.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1),
+              help="Most jobs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @pass_ctx
 def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
@@ -334,7 +342,7 @@ def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON object).")
 @pass_ctx
 def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
     """Every column of a job, with each error's traceback."""
@@ -365,8 +373,9 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
 @pass_ctx
 def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
                task: str | None, as_json: bool) -> None:
-    """Make job JOB_ID (discarded, cancelled or waiting) available now, or with --failed
-    every discarded job. A job out of attempts gets one more."""
+    """Make job JOB_ID (discarded, cancelled, retryable or scheduled) available now, or
+    with --failed every discarded job. A job out of attempts gets one more. A pending,
+    running or completed job is left as it is: exit 1 with the reason."""
     if (job_id is None) == (not failed):
         raise click.UsageError("give a JOB_ID or --failed (one of them)")
     if job_id is not None and (queue or task):
@@ -414,7 +423,7 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
 # -- queues, workers, prune ----------------------------------------------------------
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @click.option("--stale-after", default=10.0, show_default=True,
               help="Seconds without heartbeat after which a worker counts as dead.")
 @click.pass_context
@@ -450,7 +459,8 @@ def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
 @pass_ctx
 def queues_pause(obj: Ctx, name: str, as_json: bool) -> None:
     """Stop claiming from queue NAME (stored in pgqueue.queues: survives restarts;
-    running jobs finish)."""
+    running jobs finish). A queue with no jobs yet can be paused too: its jobs wait
+    from the first one on."""
     _set_paused(obj, name, True, as_json)
 
 
@@ -541,9 +551,9 @@ def metrics(obj: Ctx, stale_after: float) -> None:
 
 @main.command()
 @click.option("--max-heartbeat-age", default="30s", show_default=True, metavar="DURATION",
-              help="Unhealthy when no worker heartbeated within this long (0: skip the check).")
+              help="Unhealthy when no worker heartbeated within this long (0s: skip the check).")
 @click.option("--max-job-age", default="5m", show_default=True, metavar="DURATION",
-              help="Unhealthy when a due job of an active queue has waited longer (0: skip).")
+              help="Unhealthy when a due job of an active queue has waited longer (0s: skip).")
 @click.option("-q", "--queue", "queues", multiple=True,
               help="Check only these queues and the workers serving them (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
