@@ -231,8 +231,12 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``pgqueue worker`` processes: ``spawn_worker("tests.apps.basic", "-c", "4")``."""
+def spawn_worker(dsn: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``pgqueue worker`` processes: ``spawn_worker("tests.apps.basic", "-c", "4")``.
+
+    With ``PGQUEUE_KEEP_WORKER_LOGS=DIR`` the workers' logs of each test are kept in DIR
+    for post-mortems; otherwise they are deleted.
+    """
     procs: list[WorkerProcess] = []
 
     def spawn(app_spec: str, *args: str, env: dict[str, str] | None = None,
@@ -242,9 +246,14 @@ def spawn_worker(dsn: str) -> Iterator[Callable[..., WorkerProcess]]:
         return p
 
     yield spawn
-    for p in procs:
+    keep = os.environ.get("PGQUEUE_KEEP_WORKER_LOGS")
+    for i, p in enumerate(procs):
         if p.proc.poll() is None:
             p.kill()
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy(p.log_path, Path(keep) / f"{request.node.name}-{i}-{p.pid}.log")
         with contextlib.suppress(OSError):
             p.log_path.unlink()
 

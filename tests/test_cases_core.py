@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,6 @@ import threading
 import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -203,22 +201,9 @@ def capp(dsn):
 
 
 @pytest.fixture
-def spawn(spawn_worker, request):
-    """``spawn_worker`` that keeps the worker logs of the test in $PGQUEUE_CASES_LOGS."""
-    made = []
-
-    def start(*args, **kwargs):
-        p = spawn_worker(*args, **kwargs)
-        made.append(p)
-        return p
-
-    yield start
-    keep = os.environ.get("PGQUEUE_CASES_LOGS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for i, p in enumerate(made):
-            with contextlib.suppress(OSError):
-                shutil.copy(p.log_path, Path(keep) / f"{request.node.name}-{i}-{p.pid}.log")
+def spawn(spawn_worker):
+    """``spawn_worker`` (worker logs kept with PGQUEUE_KEEP_WORKER_LOGS=DIR)."""
+    return spawn_worker
 
 
 # -- B01: SIGKILL -----------------------------------------------------------------

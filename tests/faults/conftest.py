@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -53,21 +49,3 @@ def pgbouncer(pg_server) -> Iterator[PgBouncer]:
     b.close()
 
 
-@pytest.fixture
-def spawn_worker(spawn_worker, request):
-    """The suite-wide ``spawn_worker``, keeping the worker logs of each test in
-    ``$PGQUEUE_FAULTS_LOGS`` (if set) for post-mortems."""
-    made = []
-
-    def start(*args, **kwargs):
-        p = spawn_worker(*args, **kwargs)
-        made.append(p)
-        return p
-
-    yield start
-    keep = os.environ.get("PGQUEUE_FAULTS_LOGS")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        for i, p in enumerate(made):
-            with contextlib.suppress(OSError):
-                shutil.copy(p.log_path, Path(keep) / f"{request.node.name}-{i}-{p.pid}.log")
