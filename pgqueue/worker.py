@@ -602,6 +602,9 @@ class Worker:
         args = serialization.decode(r.args)
         kwargs = serialization.decode(r.kwargs)
         if r.inputs is not None:  # a workflow step: previous result(s) come first
+            if isinstance(r.inputs, dict) and "pgqueue_inputs_error" in r.inputs:
+                raise Discard("the workflow inputs of this step could not be read: "
+                              f"{r.inputs['pgqueue_inputs_error']}")
             args = [*serialization.decode(r.inputs), *args]
         if r.task is not None and r.task.pass_context:
             args = [r.ctx, *args]

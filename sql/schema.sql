@@ -1145,8 +1145,12 @@ begin
       from pgqueue.jobs j
      where j.id = job_inputs.job_id;
     return v_out;
+exception when others then
+    -- e.g. results too large for one jsonb value: an error here would fail the whole
+    -- claim of the queue, again at every attempt; the worker fails the step instead.
+    return jsonb_build_object('pgqueue_inputs_error', sqlerrm);
 end $$;
-comment on function pgqueue.job_inputs is 'The values a workflow step receives before its own args, as a JSON array (null when it receives none): [result] for inputs=previous, [[results...]] for results, [[{job_id, state, result, error}...]] for outcomes, [failed_job_id, failure] for the error callback. Workers call it when the step starts';
+comment on function pgqueue.job_inputs is 'The values a workflow step receives before its own args, as a JSON array (null when it receives none): [result] for inputs=previous, [[results...]] for results, [[{job_id, state, result, error}...]] for outcomes, [failed_job_id, failure] for the error callback; {"pgqueue_inputs_error": message} when they cannot be read. Workers call it when the step starts';
 
 create function pgqueue.cancel_workflow(workflow_id bigint)
 returns text
@@ -1196,6 +1200,31 @@ begin
     return v_state;
 end $$;
 comment on function pgqueue.cancel_workflow is 'Cancel a workflow: steps not started become cancelled at once, running steps are asked to stop (the worker decides their outcome); the error callback does not run. Returns the workflow state after the call, null for an unknown id';
+
+-- prune (0001) would delete the finished steps of a running workflow: their edges go
+-- with them (trigger jobs_deleted_edges), so a dependent that has yet to start would
+-- lose their results. A workflow's steps are pruned only once it is finished.
+create or replace function pgqueue.prune(older_than interval, states text[] default array['completed', 'discarded', 'cancelled'])
+returns bigint
+language sql volatile set search_path = pg_catalog, pgqueue as $$
+    with gone as (
+        delete from pgqueue.jobs j
+         where j.finished_at < now() - prune.older_than
+           and j.state = any(prune.states)
+           and (j.workflow_id is null
+                or not exists (select 1 from pgqueue.workflows w
+                                where w.id = j.workflow_id and w.finished_at is null))
+        returning 1
+    ), emptied as (
+        -- finished workflows whose steps an earlier prune removed (this statement's
+        -- snapshot still sees the steps it deletes: those go at the next prune)
+        delete from pgqueue.workflows w
+         where w.finished_at < now() - prune.older_than
+           and not exists (select 1 from pgqueue.jobs j where j.workflow_id = w.id)
+    )
+    select count(*) from gone
+$$;
+comment on function pgqueue.prune is 'Delete finished jobs older than the given age, except the steps of a workflow that is not finished, and finished workflows left without steps; returns the number of jobs deleted';
 
 ------------------------------------------------------------------------------
 -- where is my workflow
