@@ -535,7 +535,7 @@ def _validate_options(*, queue: Any = None, priority: Any = None,
     out: dict[str, Any] = {}
     if queue is not None:
         if (not isinstance(queue, str) or not queue or len(queue) > 128 or "\x00" in queue
-                or not _utf8_ok(queue)):
+                or not serialization._utf8_ok(queue)):
             raise EnqueueError(f"queue must be a non-empty string of at most 128 characters, "
                                f"valid UTF-8 without NUL, got {queue!r}")
         out["queue"] = queue
@@ -554,7 +554,7 @@ def _validate_options(*, queue: Any = None, priority: Any = None,
 def _validate_unique_key(key: Any) -> str | None:
     if key is None:
         return None
-    if (not isinstance(key, str) or not key or "\x00" in key or not _utf8_ok(key)
+    if (not isinstance(key, str) or not key or "\x00" in key or not serialization._utf8_ok(key)
             or len(key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
         raise EnqueueError(f"unique_key must be a non-empty string of valid UTF-8 without NUL, "
                            f"at most {MAX_UNIQUE_KEY_BYTES} bytes (hash a longer key), "
@@ -564,18 +564,10 @@ def _validate_unique_key(key: Any) -> str | None:
 
 def _validate_task_name(name: Any) -> str:
     if (not isinstance(name, str) or not name or len(name) > 512 or "\x00" in name
-            or not _utf8_ok(name)):
+            or not serialization._utf8_ok(name)):
         raise EnqueueError(f"a task name must be a non-empty string of at most 512 characters, "
                            f"valid UTF-8 without NUL, got {name[:80] if isinstance(name, str) else name!r}")
     return name
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime | None]:

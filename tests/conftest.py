@@ -49,6 +49,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+#: the side table: tasks write one row per execution, so tests count executions exactly
+SIDE_DDL = """
+    create table public.side (
+        id bigserial primary key,
+        job_id bigint,
+        attempt integer,
+        worker text,
+        pid integer,
+        event text not null default 'start',
+        note text,
+        at timestamptz not null default clock_timestamp()
+    )"""
+
+
 class Server:
     """The PostgreSQL server the tests use, and how to make databases on it."""
 
@@ -101,17 +115,7 @@ def template_db(pg_server: Server) -> Iterator[str]:
     dsn = pg_server.create_db(name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         migrate.apply(conn)
-        conn.execute("""
-            create table public.side (
-                id bigserial primary key,
-                job_id bigint,
-                attempt integer,
-                worker text,
-                pid integer,
-                event text not null default 'start',
-                note text,
-                at timestamptz not null default clock_timestamp()
-            )""")
+        conn.execute(SIDE_DDL)
     yield name
     pg_server.drop_db(name)
 

@@ -36,62 +36,19 @@ import pgqueue
 from pgqueue import worker as worker_mod
 
 from .apps import cases
-from .conftest import ROOT, WorkerThread, wait_until
+from .conftest import ROOT, SIDE_DDL, WorkerThread, wait_until
+from .faults.helpers import TERMINAL, db_now, rows, safe, scalar, secs
 
 CASES = "tests.apps.cases"
 CASES_POOL = "tests.apps.cases:pool_app"
 #: heartbeat every 1 s, stale after 5 s (the B01/B02/B27 scenarios)
 HB = ("--heartbeat-interval", "1", "--stale-after", "5")
-TERMINAL = ("completed", "discarded", "cancelled")
-
-SIDE_DDL = """
-    create table public.side (
-        id bigserial primary key,
-        job_id bigint,
-        attempt integer,
-        worker text,
-        pid integer,
-        event text not null default 'start',
-        note text,
-        at timestamptz not null default clock_timestamp()
-    )"""
-
 
 # -- helpers ------------------------------------------------------------------------
-
-def rows(dsn: str, sql: str, params: tuple | list | None = None) -> list[tuple]:
-    """Run one query on a fresh autocommit connection (survives server restarts)."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
-        return c.execute(sql, params).fetchall()
-
 
 def execute(dsn: str, sql: str) -> None:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
         c.execute(sql)
-
-
-def scalar(dsn: str, sql: str, params: tuple | list | None = None):
-    r = rows(dsn, sql, params)
-    return r[0][0] if r else None
-
-
-def safe(fn):
-    """A wait_until predicate that treats a connection error as "not yet"."""
-    def pred():
-        try:
-            return fn()
-        except psycopg.OperationalError:
-            return None
-    return pred
-
-
-def db_now(dsn: str) -> dt.datetime:
-    return scalar(dsn, "select clock_timestamp()")
-
-
-def secs(a: dt.datetime, b: dt.datetime) -> float:
-    """a - b in seconds."""
-    return (a - b).total_seconds()
 
 
 def wait_workers(dsn: str, n: int, timeout: float = 20) -> None:
