@@ -362,20 +362,20 @@ class Worker:
             raise ConfigurationError("the app has no tasks registered; check --app")
         self._wait_for_schema()
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+            self._install_signal_handlers()
         self._start_observer()
         try:
             self._heartbeat_once()
         except BaseException:
             self._stop_observer()
+            self._restore_signal_handlers()
             raise
+        self._start_threads()
         log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%s",
                  self.name, self.id, self.queues or "all", self.concurrency,
                  ", ".join(self._tasks_names[:20])
                  + (f" (+{len(self._tasks_names) - 20} more)" if len(self._tasks_names) > 20
                     else ""))
-        self._start_threads()
         if self.listen and not self._listening.wait(10):
             log.warning("LISTEN not established yet; claiming anyway (notifications resume "
                         "when the listener connects)")
@@ -383,7 +383,50 @@ class Worker:
             self._claim_loop()
         finally:
             self._shutdown()
+            self._restore_signal_handlers()
         return 0
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the worker (a second one skips the grace period).
+
+        The Python-level handler does nothing: it runs in the main thread between two
+        bytecodes, possibly while that thread holds a lock ``stop()`` needs (an Event's),
+        which would deadlock. The C-level handler writes each signal to a wakeup pipe
+        instead, and a thread reading it calls ``stop()`` once per signal, so two quick
+        SIGTERMs are never merged into one.
+        """
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._signal_pipe = (read_fd, write_fd)
+        self._old_wakeup_fd = signal.set_wakeup_fd(write_fd)
+        self._old_handlers = {sig: signal.signal(sig, lambda *_: None)
+                              for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def watch() -> None:
+            while True:
+                try:
+                    data = os.read(read_fd, 64)
+                except OSError:
+                    data = b""
+                if not data:
+                    os.close(read_fd)
+                    return
+                for signum in data:
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        self.stop()
+
+        t = threading.Thread(target=watch, name="pgqueue-signals", daemon=True)
+        t.start()
+
+    def _restore_signal_handlers(self) -> None:
+        pipe = getattr(self, "_signal_pipe", None)
+        if pipe is None:
+            return
+        signal.set_wakeup_fd(self._old_wakeup_fd)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        os.close(pipe[1])      # the watcher reads EOF and ends
+        self._signal_pipe = None
 
     # -- startup ---------------------------------------------------------------------
 

@@ -269,7 +269,11 @@ def test_b02_second_sigterm_skips_the_grace_period(dsn, capp, spawn):
     w1.signal(signal.SIGTERM)
     time.sleep(0.5)
     w1.signal(signal.SIGTERM)
-    assert w1.wait(10) == 0, w1.log()
+    try:
+        code = w1.wait(10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("worker still running 10 s after a second SIGTERM:\n" + w1.log()[-6000:])
+    assert code == 0, w1.log()
     for i in ids:
         row = job(dsn, i)
         assert row["state"] == "available" and row["attempt"] == 0 and row["worker_id"] is None
