@@ -52,6 +52,7 @@ import click
 import psycopg
 
 from . import migrate as migrate_mod
+from ._positions import ClaimPositions
 from ._sql import q
 from .app import App, resolve_dsn
 from .errors import PgQueueError
@@ -396,14 +397,17 @@ class Bench:
                                        "concurrency": 1})
 
             def measure() -> dict[str, float]:
+                positions = ClaimPositions()    # as a worker claims
                 self.load(samples + 20)
                 c.execute("analyze pgqueue.jobs")
                 times = []
                 for i in range(samples + 20):
                     t0 = time.perf_counter()
                     rows = c.execute(q("claim"), {"worker_id": wid, "queues": [self.queue],
-                                                  "tasks": [NOOP], "batch": 1},
+                                                  "tasks": [NOOP], "batch": 1,
+                                                  **positions.params()},
                                      prepare=True).fetchall()
+                    positions.taken(rows, 1)
                     t1 = time.perf_counter()
                     if len(rows) != 1:
                         raise click.ClickException("claim found no job")

@@ -19,6 +19,10 @@ the change was committed):
 - ``pgqueue_queue_latency_seconds`` (histogram): from the job's ``run_at`` to its claim,
   database clock.
 
+- ``pgqueue_claim_duration_seconds`` (histogram, no labels): round trip of each
+  ``pgqueue.claim`` call of the worker, worker clock. Rising values while the queue
+  depth stays put mean the claim reads past dead rows (see ``pgqueue check``).
+
 Of the worker process, read at scrape time: ``pgqueue_worker_busy_slots``,
 ``pgqueue_worker_idle_slots``, ``pgqueue_worker_concurrency`` and
 ``pgqueue_worker_last_heartbeat_timestamp_seconds`` (Unix time of the last successful
@@ -62,7 +66,7 @@ import psycopg
 if TYPE_CHECKING:  # pragma: no cover
     from .worker import Worker
 
-__all__ = ["DURATION_BUCKETS", "LATENCY_BUCKETS", "DatabaseCollector", "WorkerMetrics",
+__all__ = ["CLAIM_BUCKETS", "DURATION_BUCKETS", "LATENCY_BUCKETS", "DatabaseCollector", "WorkerMetrics",
            "render_database_metrics"]
 
 log = logging.getLogger("pgqueue.metrics")
@@ -70,6 +74,9 @@ log = logging.getLogger("pgqueue.metrics")
 #: histogram buckets of ``pgqueue_job_duration_seconds`` (seconds)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
+#: histogram buckets of ``pgqueue_claim_duration_seconds`` (seconds)
+CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                 5.0)
 #: histogram buckets of ``pgqueue_queue_latency_seconds`` (seconds)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0, 300.0, 900.0, 3600.0, 21600.0, float("inf"))
@@ -261,6 +268,9 @@ class WorkerMetrics:
         self._latency = Histogram("pgqueue_queue_latency_seconds",
                                   "Time from a job's run_at to its claim (database clock)",
                                   labels, buckets=LATENCY_BUCKETS, registry=r)
+        self._claim = Histogram("pgqueue_claim_duration_seconds",
+                                "Round trip of the worker's claim calls", buckets=CLAIM_BUCKETS,
+                                registry=r)
         self._by_outcome = {"retryable": self._failed, "discarded": self._discarded,
                             "cancelled": self._cancelled}
         r.register(_WorkerCollector(worker))
@@ -276,6 +286,9 @@ class WorkerMetrics:
         self._started.labels(queue, task).inc()
         if latency is not None:
             self._latency.labels(queue, task).observe(max(0.0, latency))
+
+    def claim_took(self, seconds: float) -> None:
+        self._claim.observe(seconds)
 
     def completed(self, queue: str, task: str, duration: float) -> None:
         self._completed.labels(queue, task).inc()

@@ -5,13 +5,15 @@ app's pool, so a task that exhausts the pool cannot stall the worker's bookkeepi
 
 - *claim*: ``pgqueue.claim`` in batches sized to free slots (``FOR UPDATE SKIP
   LOCKED``; the row becomes ``running`` with a new attempt token in the same
-  statement, so no transaction stays open while user code runs);
+  statement, so no transaction stays open while user code runs). Claims start at the
+  positions where earlier claims found jobs (:mod:`pgqueue._positions`), so a long
+  transaction that keeps vacuum from cleaning the claim index does not slow them;
 - *completer*: records completions in batches and failures (fenced by the attempt
   token: a stale worker's late outcome changes nothing);
 - *heartbeat*: refreshes the worker row every ``heartbeat_interval`` seconds, picks up
   cancellation requests, and rescues running jobs of dead workers;
-- *listener*: ``LISTEN pgqueue_jobs`` / ``pgqueue_cancel``; after any reconnect it
-  triggers a catch-up claim. Omitted in poll-only mode (for transaction poolers).
+- *listener*: ``LISTEN pgqueue_jobs`` / ``pgqueue_requeued`` / ``pgqueue_cancel``;
+  after any reconnect it triggers a catch-up claim from the start of every queue. Omitted in poll-only mode (for transaction poolers).
 
 A watchdog shuts down the socket of any of them that hangs (a black-holed network),
 so every connection recovers on its own; the process never exits because the
@@ -48,6 +50,7 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import migrate, serialization
+from ._positions import ClaimPositions
 from ._sql import q
 from .app import MAX_DELAY, App, Task
 from .context import JobContext
@@ -318,6 +321,11 @@ class Worker:
         self._maint = _Conn(self, "maintenance")
         self._listener_ok = time.monotonic()
         self._listening = threading.Event()
+        # Where claims last found jobs (per queue and priority level): later claims
+        # start there instead of stepping over every dead index entry that an old
+        # snapshot keeps (case B23). Poll-only workers hear no pgqueue_requeued and
+        # claim without positions.
+        self._positions = ClaimPositions(enabled=self.listen)
         self.last_heartbeat: float | None = None
         self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0, "pruned": 0,
                       "vacuum_warnings": 0}
@@ -519,9 +527,13 @@ class Worker:
             wait = self.poll_interval
             if free > 0 and self._more:
                 n = min(free, self.claim_batch)
+                # Cleared before the claim: a notification that arrives while it runs
+                # (its job may be invisible to the claim's snapshot) asks for another.
+                self._more = False
                 try:
                     got = self._claim_batch(n)
                 except Exception as e:
+                    self._more = True
                     if not _transient(e):
                         log.exception("claim failed")
                     else:
@@ -530,8 +542,8 @@ class Worker:
                     continue
                 last_poll = time.monotonic()
                 if got == n:
+                    self._more = True
                     continue          # there may be more; claim again while slots are free
-                self._more = False
                 wait = self._next_wait()
                 due_at = time.monotonic() + wait
             elif free > 0:
@@ -539,7 +551,9 @@ class Worker:
                 # scheduled job due before the next poll would wait for the poll.
                 now = time.monotonic()
                 wait = max(0.0, min(self.poll_interval - (now - last_poll), due_at - now))
-            wait = min(wait, self._next_deadline())
+            # While claims start at positions, a position-free claim at least every
+            # second finds what landed behind one unannounced.
+            wait = min(wait, self._next_deadline(), self._positions.next_refresh())
             if not self._wake.wait(wait):
                 self._more = True  # poll interval or a due time elapsed
 
@@ -564,9 +578,14 @@ class Worker:
                 if released:
                     log.warning("released %d jobs whose claim reply was lost", len(released))
                 self._need_release = False
-            return conn.execute(q("claim"), {"worker_id": self.id, "queues": self.queues,
-                                             "tasks": self._tasks_names, "batch": n},
-                                prepare=self.listen).fetchall()
+            positions = self._positions.params()
+            queues = self.queues
+            if queues is None and positions["position_queues"] is not None:
+                queues = self._positions.queues()
+            return conn.execute(q("claim"), {"worker_id": self.id, "queues": queues,
+                                             "tasks": self._tasks_names, "batch": n,
+                                             **positions}, prepare=self.listen).fetchall()
+        t0 = time.perf_counter()
         try:
             rows = self._claim.run(work)
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -574,14 +593,17 @@ class Worker:
             # (not counted as an attempt) before claiming again.
             self._need_release = True
             raise
+        if self.metrics is not None:
+            self.metrics.claim_took(time.perf_counter() - t0)
+        self._positions.taken(rows, n)
         for row in rows:
             self._dispatch(row)
         self.stats["claimed"] += len(rows)
         return len(rows)
 
     def _dispatch(self, row: tuple) -> None:
-        (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, timeout, latency,
-         cancel_requested, inputs) = row
+        (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, _run_at, timeout,
+         latency, cancel_requested, inputs) = row
         task = self.app.tasks.get(name)
         ctx = JobContext(job_id=job_id, task=name, queue=queue, attempt=attempt,
                          max_attempts=max_attempts, worker_id=self.id, app=self.app)
@@ -971,7 +993,10 @@ class Worker:
             try:
                 conn = self._listener.run(lambda c: c)
                 conn.execute("listen pgqueue_jobs")
+                conn.execute("listen pgqueue_requeued")
                 conn.execute("listen pgqueue_cancel")
+                # requeue notices may have been missed while away
+                self._positions.forget()
                 self._listener_ok = time.monotonic()
                 self._listening.set()
                 self._more = True        # catch up on what arrived while we were away
@@ -993,8 +1018,12 @@ class Worker:
                 self._listener.failures += 1
 
     def _on_notify(self, n: psycopg.Notify) -> None:
-        if n.channel == "pgqueue_jobs":
+        if n.channel == "pgqueue_jobs" or n.channel == "pgqueue_requeued":
             if self.queues is None or n.payload in self.queues:
+                self._positions.heard(n.payload)
+                if n.channel == "pgqueue_requeued":
+                    # a job went back in line behind where our claims start
+                    self._positions.forget(n.payload)
                 self._more = True
                 self._wake.set()
         elif n.channel == "pgqueue_cancel":

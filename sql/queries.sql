@@ -50,12 +50,14 @@ select * from pgqueue.jobs where id = %(id)s;
 select state, result, errors from pgqueue.jobs where id = %(id)s;
 
 -- name: claim
-select id, queue, task, args, kwargs, attempt, max_attempts, priority,
+select id, queue, task, args, kwargs, attempt, max_attempts, priority, run_at,
        extract(epoch from timeout)::float8 as timeout,
        extract(epoch from started_at - run_at)::float8 as queue_latency, cancel_requested_at,
        -- workflow steps: their dependencies' results, read now (null for plain jobs)
        case when inputs <> 'none' then pgqueue.job_inputs(id) end as inputs
-  from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s);
+  from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
+                     %(position_queues)s::text[], %(position_priorities)s::smallint[],
+                     %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[]);
 
 -- name: next_due
 select pgqueue.next_due(%(queues)s, %(tasks)s);
@@ -139,8 +141,14 @@ select s.queue, s.pending, s.ready, s.waiting, s.running, s.completed, s.discard
  order by s.queue;
 
 -- name: queue_pause
-insert into pgqueue.queues (name, paused) values (%(name)s, %(paused)s)
-on conflict (name) do update set paused = excluded.paused, updated_at = now();
+-- Resuming announces the queue on pgqueue_requeued: its jobs waited behind the
+-- positions where the workers' claims start.
+with q as (
+    insert into pgqueue.queues (name, paused) values (%(name)s, %(paused)s)
+    on conflict (name) do update set paused = excluded.paused, updated_at = now()
+    returning name, paused
+)
+select count(pg_notify('pgqueue_requeued', q.name)) from q where not q.paused;
 
 -- name: jobs_list
 select id, queue, task, state, attempt, max_attempts, priority, run_at, created_at,

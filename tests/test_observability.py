@@ -147,6 +147,10 @@ def test_metrics_endpoint_counts_match_the_jobs_table(dsn, conn, spawn_worker):
         assert val(m, "pgqueue_job_duration_seconds_sum", queue=queue, task=task) > 0
         assert val(m, "pgqueue_queue_latency_seconds_bucket", queue=queue, task=task,
                    le="+Inf") == v["pgqueue_queue_latency_seconds_count"]
+    # Every claim round trip is timed: at least one per claimed batch of this worker.
+    claims = val(m, "pgqueue_claim_duration_seconds_count")
+    assert claims >= 1 and val(m, "pgqueue_claim_duration_seconds_sum") > 0
+    assert val(m, "pgqueue_claim_duration_seconds_bucket", le="+Inf") == claims
     # Worker gauges.
     assert val(m, "pgqueue_worker_busy_slots") + val(m, "pgqueue_worker_idle_slots") == 4
     assert val(m, "pgqueue_worker_concurrency") == 4
