@@ -129,6 +129,9 @@ language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
 #variable_conflict use_column
 declare
     v_queues text[] := claim.queues;
+    v_levels smallint[];
+    v_run_ats timestamptz[];
+    v_ids bigint[];
 begin
     if v_queues is null then
         -- Every queue that has claimable rows: one probe of the claim index per queue.
@@ -148,8 +151,66 @@ begin
             return;
         end if;
     end if;
-    -- The best `batch` of each queue, then the best `batch` of those. Rows locked but
-    -- not taken are released when the claiming statement's transaction ends.
+    if cardinality(v_queues) = 1 then
+        if claim.position_queues is not null then
+            select array_agg(p.priority order by p.priority desc),
+                   array_agg(p.run_at order by p.priority desc),
+                   array_agg(p.id order by p.priority desc)
+              into v_levels, v_run_ats, v_ids
+              from (select distinct on (p.priority) p.priority, p.run_at, p.id
+                      from unnest(claim.position_queues, claim.position_priorities,
+                                  claim.position_run_ats, claim.position_ids)
+                           as p(queue, priority, run_at, id)
+                     where p.queue = v_queues[1] and p.priority is not null
+                       and p.run_at is not null and p.id is not null
+                     order by p.priority, p.run_at, p.id) p;
+        end if;
+        if v_levels is null then
+            -- No position: one read of the claim index in claim order.
+            return query
+            with candidates as (
+                select j.id
+                  from pgqueue.jobs j
+                 where j.queue = v_queues[1]
+                   and j.state in ('available', 'scheduled', 'retryable')
+                   and j.run_at <= now()
+                   and (claim.tasks is null or j.task = any(claim.tasks))
+                   and not exists (select 1 from pgqueue.queues q
+                                    where q.name = v_queues[1] and q.paused)
+                 order by j.priority desc, j.run_at, j.id
+                 limit claim.batch
+                   for update skip locked
+            )
+            update pgqueue.jobs j
+               set state = 'running',
+                   attempt = j.attempt + 1,
+                   started_at = now(),
+                   worker_id = claim.worker_id,
+                   cancel_requested_at = null
+              from candidates c
+             where j.id = c.id
+            returning j.*;
+            return;
+        end if;
+        return query
+        with candidates as (
+            select c.id
+              from pgqueue.claim_candidates(v_queues[1], claim.tasks, claim.batch,
+                                            v_levels, v_run_ats, v_ids) c
+        )
+        update pgqueue.jobs j
+           set state = 'running',
+               attempt = j.attempt + 1,
+               started_at = now(),
+               worker_id = claim.worker_id,
+               cancel_requested_at = null
+          from candidates c
+         where j.id = c.id
+        returning j.*;
+        return;
+    end if;
+    -- Several queues: the best `batch` of each, then the best `batch` of those. Rows
+    -- locked but not taken are released when the claiming statement's transaction ends.
     return query
     with positions as (
         select p.queue, p.priority, p.run_at, p.id
