@@ -61,7 +61,8 @@ def pinned(dsn):
     holder.close()
 
 
-def test_worker_statements_read_past_dead_entries_kept_by_an_old_snapshot(dsn, pinned):
+@pytest.mark.faults
+def test_b23_worker_statements_read_past_dead_entries_kept_by_an_old_snapshot(dsn, pinned):
     wid = uuid.uuid4()
     positions = ClaimPositions(refresh=3600)
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -119,6 +120,7 @@ def test_worker_statements_read_past_dead_entries_kept_by_an_old_snapshot(dsn, p
     assert heartbeat_reads <= 5
 
 
+@pytest.mark.faults
 def test_positions_never_skip_a_higher_priority_or_an_announced_earlier_job(dsn, pinned):
     """Positions are per level: a job at a level above is claimed first. A job placed
     behind a position (a past run_at) is announced on pgqueue_requeued, and once the

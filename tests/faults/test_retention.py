@@ -1,4 +1,5 @@
-"""Retention and long transactions (case B23; the soak run is benchmarks/soak.py).
+"""Retention and long transactions (case B23; claiming past dead rows is tested in
+tests/test_claim_positions.py, the soak run is benchmarks/soak.py).
 
 Workers prune finished jobs older than ``--retention`` every ``--maintenance-interval``,
 one worker at a time under a transaction-scoped advisory lock, and warn when the oldest
