@@ -106,6 +106,27 @@ def test_concurrent_migrate_processes_apply_each_version_once(empty_dsn):
         assert locks[0] == 0
 
 
+def test_concurrent_upgrade_processes_apply_each_version_once(empty_dsn):
+    """Case B29, the upgrade: the database is at version 1 and four ``pgqueue migrate``
+    processes start at once; each later version is applied once, by one of them."""
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert [m.version for m in migrate.apply(conn, target=1)] == [1]
+    procs = [subprocess.Popen([sys.executable, "-m", "pgqueue.cli", "--dsn", empty_dsn,
+                               "migrate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert not any("already exists" in o[1] or "duplicate" in o[1] for o in outs), outs
+    # a process that waited for the lock re-read the versions and applied nothing
+    said = sorted(line for o in outs for line in o[0].splitlines() if line.startswith("applied"))
+    assert said == [f"applied {m.name}" for m in migrate.migrations()[1:]], outs
+    with psycopg.connect(empty_dsn) as conn:
+        rows = conn.execute("select version, count(*) from pgqueue.migrations group by 1 "
+                            "order by 1").fetchall()
+        assert rows == [(m.version, 1) for m in migrate.migrations()]
+        assert migrate.check_schema(conn) == migrate.latest_version()
+
+
 def test_concurrent_migrate_threads(empty_dsn):
     errors = []
 

@@ -313,14 +313,20 @@ class Proxy:
         self._loop.run_forever()
 
     def close(self) -> None:
-        def shut() -> None:
+        async def shut() -> None:
             if self._server is not None:
                 self._server.close()
             for link in list(self.links):
                 link.close()
+            # the forwarding tasks end with their links: cancel and reap them, so none is
+            # destroyed pending when the loop stops
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._loop.stop()
         if self._loop.is_running():
-            self._loop.call_soon_threadsafe(shut)
+            asyncio.run_coroutine_threadsafe(shut(), self._loop)
             self._thread.join(5)
 
     def client_dsn(self, dsn: str | None = None) -> str:

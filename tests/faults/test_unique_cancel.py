@@ -99,11 +99,13 @@ def test_b28_cancellation_races_with_real_workers(dsn, fapp, spawn_worker):
         seen_a = side(dsn, a.id, "cancel-seen")[0][5]
         stop_ms = secs(seen_a, asked[a.id][1]) * 1000
 
-        # C: cancel 1 ms before the body returns, racing its completion (50 runs)
-        runs = [task.enqueue(seconds=0.3) for _ in range(50)]
+        # C: cancel around the moment the body returns, racing its completion: 100 runs
+        # in two waves of 50 (a connection each), the cancel landing from 10 ms before
+        # to 9 ms after the body's end, so that both sides of the race are taken
+        runs: list = []
         cancelled_at: dict[int, object] = {}
 
-        def race(job_id: int) -> None:
+        def race(job_id: int, offset: float) -> None:
             with psycopg.connect(dsn, autocommit=True) as c:
                 deadline = time.monotonic() + 20
                 while not side(dsn, job_id) and time.monotonic() < deadline:
@@ -111,15 +113,19 @@ def test_b28_cancellation_races_with_real_workers(dsn, fapp, spawn_worker):
                 started = c.execute("select min(at) from public.side where job_id = %s",
                                     (job_id,)).fetchone()[0]
                 now = c.execute("select clock_timestamp()").fetchone()[0]
-                time.sleep(max(0.0, 0.299 - secs(now, started)))
+                time.sleep(max(0.0, offset - secs(now, started)))
                 cancelled_at[job_id] = _cancel(c, job_id)
-        threads = [threading.Thread(target=race, args=(j.id,), daemon=True) for j in runs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        wait_until(lambda: all(state_of(dsn, j.id) in TERMINAL for j in runs), 15, 0.05,
-                   "race jobs terminal")
+        for _wave in range(2):
+            wave = [task.enqueue(seconds=0.3) for _ in range(50)]
+            runs += wave
+            threads = [threading.Thread(target=race, args=(j.id, 0.290 + (i % 20) / 1000),
+                                        daemon=True) for i, j in enumerate(wave)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            wait_until(lambda wave=wave: all(state_of(dsn, j.id) in TERMINAL for j in wave),
+                       15, 0.05, "race jobs terminal")
         race_states = dict(rows(dsn, "select state, count(*) from pgqueue.jobs "
                                      "where id = any(%s) group by state",
                                 ([j.id for j in runs],)))
@@ -140,14 +146,14 @@ def test_b28_cancellation_races_with_real_workers(dsn, fapp, spawn_worker):
              for j in (a, b, d, e)}
     errors = _worker_errors(procs)
     print(f"\nB28: A {final[a.id]} stopped {stop_ms:.0f} ms after the cancel; B {final[b.id]}; "
-          f"C 50 races -> {race_states}, executions {sorted({n for _, n in race_starts})}; "
+          f"C {len(runs)} races -> {race_states}, executions {sorted({n for _, n in race_starts})}; "
           f"D {final[d.id]}; E queued -> {e_state}, cancel of a completed job -> {b_again}; "
           f"worker errors {len(errors)}")
     assert final[a.id][:2] == ("cancelled", 1) and not side(dsn, a.id, "end")
     assert stop_ms <= 200
     assert final[b.id][:2] == ("completed", 1) and side(dsn, b.id, "end")
-    assert sum(race_states.values()) == 50 and set(race_states) <= {"completed", "cancelled"}
-    assert len(race_starts) == 50 and {n for _, n in race_starts} == {1}
+    assert sum(race_states.values()) == 100 and set(race_states) <= {"completed", "cancelled"}
+    assert len(race_starts) == 100 and {n for _, n in race_starts} == {1}
     assert final[d.id][:2] == ("cancelled", 1) and len(side(dsn, d.id)) == 1
     assert e_state == "cancelled" and final[e.id][0] == "cancelled" and not side(dsn, e.id)
     assert b_again == "completed" and _row_version(dsn, b.id) == before
