@@ -681,7 +681,7 @@ def test_b29_workers_wait_for_concurrent_first_migrations(empty_dsn, spawn):
     env = dict(os.environ, PGQUEUE_DSN=empty_dsn,
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     workers = [spawn(CASES, "-c", "2", "--schema-wait", "30", db=empty_dsn)
-               for _ in range(4)]
+               for _ in range(8)]
     migrates = [subprocess.Popen([sys.executable, "-m", "pgqueue.cli", "migrate"], cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True) for _ in range(2)]
@@ -689,7 +689,7 @@ def test_b29_workers_wait_for_concurrent_first_migrations(empty_dsn, spawn):
     assert [m.returncode for m in migrates] == [0, 0], outs
     for out in outs:
         assert "already exists" not in out and "duplicate key" not in out
-    wait_workers(empty_dsn, 4, timeout=15)
+    wait_workers(empty_dsn, 8, timeout=15)
     assert rows(empty_dsn, "select version, count(*) from pgqueue.migrations "
                            "group by version having count(*) <> 1") == []
     assert scalar(empty_dsn, "select count(*) from pgqueue.migrations") == \
