@@ -28,6 +28,55 @@ from .errors import PgQueueError
 log = logging.getLogger("pgqueue")
 
 
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw])?\s*$")
+
+
+class Duration(click.ParamType):
+    """A duration option, converted to seconds (float): ``500ms``, ``30s``, ``15m``,
+    ``12h``, ``7d``, ``2w``.
+
+    :param bare: whether a bare number (seconds) is accepted. Timing options accept one;
+        retention and age options do not: a bare ``1`` could mean a second or a day, and
+        pruning on a guess deletes data.
+    :param min: the smallest value in seconds (inclusive).
+    """
+
+    name = "duration"
+
+    def __init__(self, *, bare: bool = True, min: float = 0.0):
+        self.bare = bare
+        self.min = min
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            m = _DURATION.match(str(value))
+            if not m or (m.group(2) is None and not self.bare):
+                self.fail(f"{value!r} is not a duration "
+                          + ("(seconds, or with a unit: 500ms, 30s, 15m, 12h, 7d, 2w)"
+                             if self.bare else "with a unit, like 30s, 15m, 12h, 7d or 2w"),
+                          param, ctx)
+            seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        if seconds < self.min:
+            self.fail(f"{value!r} is shorter than the minimum of {self.min:g} s", param, ctx)
+        return seconds
+
+
+#: timing options (a bare number is seconds) and ages that select data (a unit required)
+SECONDS = Duration()
+AGE = Duration(bare=False)
+
+
+def parse_duration(text: str, option: str = "--older-than") -> float:
+    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds; a unit is required."""
+    try:
+        return AGE.convert(text, None, None)
+    except click.BadParameter as e:
+        raise click.BadParameter(e.message, param_hint=option) from None
+
+
 class Ctx:
     def __init__(self, dsn: str | None):
         self._dsn = dsn
@@ -144,31 +193,31 @@ def load_app(spec: str) -> App:
               help="Module holding the pgqueue.App (ATTR defaults to 'app').")
 @click.option("-q", "--queue", "queues", multiple=True, help="Queue to claim from (repeatable; default all).")
 @click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--poll-interval", default=5.0, show_default=True, type=click.FloatRange(0.01),
+@click.option("--poll-interval", default=5.0, show_default=True, type=Duration(min=0.01),
               help="Seconds between claims without a notification.")
-@click.option("--shutdown-grace", default=30.0, show_default=True, type=click.FloatRange(0),
+@click.option("--shutdown-grace", default=30.0, show_default=True, type=SECONDS,
               help="Seconds running jobs may finish after SIGTERM before they are handed back.")
-@click.option("--heartbeat-interval", default=2.0, show_default=True, type=click.FloatRange(0.05),
+@click.option("--heartbeat-interval", default=2.0, show_default=True, type=Duration(min=0.05),
               help="Seconds between heartbeats; at most a third of --stale-after.")
-@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0.2),
+@click.option("--stale-after", default=10.0, show_default=True, type=Duration(min=0.2),
               help="Seconds without heartbeat after which a worker's jobs are rescued.")
 @click.option("--no-listen", is_flag=True,
               help="Poll only (no LISTEN, no prepared statements): for PgBouncer transaction mode.")
 @click.option("--name", default=None, help="Label shown in `pgqueue workers`.")
-@click.option("--schema-wait", default=30.0, show_default=True, type=click.FloatRange(0),
+@click.option("--schema-wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for `pgqueue migrate` before refusing an outdated schema.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (needs pgqueue[metrics]).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True,
               help="Address the metrics server binds.")
-@click.option("--metrics-interval", default=15.0, show_default=True, type=click.FloatRange(0.1),
+@click.option("--metrics-interval", default=15.0, show_default=True, type=Duration(min=0.1),
               help="Seconds between refreshes of the database-derived metrics.")
 @click.option("--retention", default="7d", show_default=True, metavar="DURATION",
               help="Delete finished jobs older than this (30s, 15m, 12h, 7d); 'off' keeps them.")
 @click.option("--maintenance-interval", default=60.0, show_default=True,
-              type=click.FloatRange(0.1),
+              type=Duration(min=0.1),
               help="Seconds between maintenance rounds (pruning, long-transaction check).")
-@click.option("--xmin-warn-after", default=60.0, show_default=True, type=click.FloatRange(0),
+@click.option("--xmin-warn-after", default=60.0, show_default=True, type=SECONDS,
               help="Warn when a transaction holding back vacuum is older than this (s).")
 @pass_ctx
 def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
@@ -227,7 +276,7 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @click.option("--queue", default="default", show_default=True, help="Queue to put the job in.")
 @click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767),
               help="Higher runs first.")
-@click.option("--delay", default=None, type=click.FloatRange(0), help="Seconds from now (database clock).")
+@click.option("--delay", default=None, type=SECONDS, help="Seconds from now (database clock).")
 @click.option("--max-attempts", default=None, type=click.IntRange(1),
               help="Attempts before the job is discarded (20 when not given).")
 @click.option("--unique-key", default=None,
@@ -475,7 +524,7 @@ def queues_resume(obj: Ctx, name: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
-@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0),
+@click.option("--stale-after", default=10.0, show_default=True, type=SECONDS,
               help="Seconds without heartbeat after which a worker counts as dead.")
 @click.option("--all", "show_all", is_flag=True, help="Include dead workers not yet removed.")
 @pass_ctx
@@ -494,19 +543,6 @@ def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None
             r["queues"] = r["queues"] or "all"
             r["busy"] = f"{r['running']}/{r['concurrency']}"
         _table(rows, ["name", "id", "queues", "busy", "heartbeat_age", "alive", "started_at"])
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-
-
-def parse_duration(text: str, option: str = "--older-than") -> float:
-    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds. A unit is required: a bare
-    ``1`` could mean a second or a day, and pruning on a guess deletes data."""
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration with a unit, like 30s, 15m, "
-                                 "12h, 7d or 2w", param_hint=option)
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
 @main.command()
@@ -531,7 +567,7 @@ def prune(obj: Ctx, older_than: str, states: tuple[str, ...], as_json: bool) -> 
 # -- monitoring ------------------------------------------------------------------
 
 @main.command()
-@click.option("--stale-after", default=10.0, show_default=True, type=click.FloatRange(0),
+@click.option("--stale-after", default=10.0, show_default=True, type=SECONDS,
               help="Seconds without heartbeat after which a worker is not counted alive.")
 @pass_ctx
 def metrics(obj: Ctx, stale_after: float) -> None:
@@ -613,10 +649,11 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, queues: tuple[str,
             click.echo(f"UNHEALTHY {r}", err=True)
     else:
         hb = report["heartbeat_age_seconds"]
-        oldest = max(report["oldest_available_seconds"].values(), default=0.0)
+        waits = report["oldest_available_seconds"].values()
         click.echo(f"ok: schema version {report['schema_version']}"
                    + (f", last heartbeat {hb:.1f} s ago" if hb is not None else "")
-                   + f", oldest due job {oldest:.1f} s")
+                   + (f", oldest due job waiting {max(waits):.1f} s" if waits
+                      else ", no due job waiting"))
     if reasons:
         sys.exit(1)
 

@@ -155,6 +155,33 @@ def test_cli_enqueue_bad_task_name(dsn, name):
     assert "Error: Invalid value" in res.output
 
 
+@pytest.mark.parametrize("delay, seconds", [("90", 90), ("90s", 90), ("2m", 120),
+                                            ("1500ms", 1.5), ("1h", 3600)])
+def test_cli_delay_takes_seconds_or_a_unit(dsn, delay, seconds):
+    res = CliRunner().invoke(main, ["--dsn", dsn, "enqueue", "atk.noop", "--delay", delay])
+    assert res.exit_code == 0, res.output
+    with psycopg.connect(dsn, autocommit=True) as c:
+        state, ahead = c.execute("select state, extract(epoch from run_at - created_at) "
+                                 "from pgqueue.jobs where id = %s",
+                                 (int(res.output.strip()),)).fetchone()
+    assert state == "scheduled"
+    assert float(ahead) == pytest.approx(seconds, abs=0.5)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["worker", "--app", "x", "--stale-after", "5x"], "is not a duration (seconds, or with a unit"),
+    (["worker", "--app", "x", "--poll-interval", "0ms"], "shorter than the minimum of 0.01 s"),
+    (["enqueue", "atk.noop", "--delay", "-1"], "is not a duration"),
+    (["prune", "--older-than", "7"], "is not a duration with a unit"),
+])
+def test_cli_bad_durations_are_refused_naming_the_option(dsn, argv, says):
+    res = CliRunner().invoke(main, ["--dsn", dsn, *argv])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and argv[-2] in res.output
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 0
+
+
 def test_result_survives_lost_connection(app, dsn):
     """job.result() keeps waiting when its LISTEN connection is terminated."""
     job = app.enqueue("atk.nobody")
