@@ -159,3 +159,53 @@ def test_b28_cancellation_races_with_real_workers(dsn, fapp, spawn_worker):
     assert b_again == "completed" and _row_version(dsn, b.id) == before
     assert not errors, errors[:5]
     fleet.assert_alive()
+
+
+def test_cancel_request_survives_a_graceful_shutdown(dsn, fapp, spawn_worker):
+    """A running job asked to cancel whose worker shuts down before the job ends is
+    ``cancelled``, not handed back to run again (as rescue and fail already do)."""
+    fleet = Fleet(spawn_worker, dsn, "-c", "1", "--shutdown-grace", "1", *HB)
+    (w1,) = fleet.start(1)
+    worker_id_of(dsn, w1.pid)
+    # the task never looks at its cancellation flag, so it outlives the grace period
+    j = fapp.tasks["faults.work"].enqueue(ms=8000)
+    plain = fapp.tasks["faults.work"].enqueue(ms=8000)
+    wait_until(lambda: side(dsn, j.id), 10, 0.02, "the job running on W1")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _cancel(conn, j.id)[0] == "running"       # asked; still running
+    assert fleet.term(w1, timeout=20) == 0
+    (state, finished, attempt, owner, last_error), = rows(
+        dsn, "select state, finished_at is not null, attempt, worker_id, errors -> -1 ->> 'type' "
+             "from pgqueue.jobs where id = %s", (j.id,))
+    assert (state, finished, attempt, owner) == ("cancelled", True, 1, None)
+    assert last_error == "pgqueue.Cancelled"
+    # a second worker gets the job that was not asked to cancel, never the cancelled one
+    (w2,) = fleet.start(1)
+    wait_until(lambda: side(dsn, plain.id), 15, 0.02, "W2 took the queue's other job")
+    marker = fapp.tasks["faults.work"].enqueue()
+    wait_until(lambda: state_of(dsn, marker.id) == "completed", 15, 0.05, "W2 claimed again")
+    assert state_of(dsn, j.id) == "cancelled"
+    assert len(side(dsn, j.id)) == 1
+    print(f"\ncancel + SIGTERM: job {j.id} ended {state} after 1 execution; W2 ran the "
+          f"plain job and never the cancelled one")
+    fleet.term_all()
+
+
+def test_release_of_a_lost_claim_keeps_a_cancel_request(dsn, fapp):
+    """``release_unknown`` (a claim whose reply was lost) puts back what the worker never
+    received, uncounted; a job asked to cancel meanwhile becomes ``cancelled``."""
+    a = fapp.tasks["faults.work"].enqueue()
+    b = fapp.tasks["faults.work"].enqueue()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wid = conn.execute("select gen_random_uuid()").fetchone()[0]
+        conn.execute("update pgqueue.jobs set state = 'running', attempt = 1, worker_id = %s, "
+                     "started_at = now() where id = any(%s)", (wid, [a.id, b.id]))
+        conn.execute("update pgqueue.jobs set cancel_requested_at = now() where id = %s",
+                     (a.id,))
+        released = {r[0] for r in conn.execute("select pgqueue.release_unknown(%s, %s)",
+                                               (wid, [])).fetchall()}
+    assert released == {a.id, b.id}
+    got = dict((r[0], r[1:]) for r in rows(
+        dsn, "select id, state, attempt, finished_at is not null from pgqueue.jobs "
+             "where id = any(%s)", ([a.id, b.id],)))
+    assert got == {a.id: ("cancelled", 0, True), b.id: ("available", 0, False)}
