@@ -20,6 +20,7 @@ from .errors import (
     RetryLater,
     SchemaError,
     SerializationError,
+    UniqueKeyHeld,
     UnknownTaskError,
 )
 from .job import Job, JobState
@@ -54,6 +55,7 @@ __all__ = [
     "Signature",
     "Task",
     "TaskCall",
+    "UniqueKeyHeld",
     "UnknownTaskError",
     "Worker",
     "Workflow",

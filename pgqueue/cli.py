@@ -24,6 +24,7 @@ from . import migrate as migrate_mod
 from ._sql import q
 from .app import App, resolve_dsn
 from .errors import PgQueueError
+from .job import unique_held_message
 
 log = logging.getLogger("pgqueue")
 
@@ -431,25 +432,35 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
         raise click.UsageError("--queue and --task go with --failed")
     with obj.connect() as conn:
         if job_id is not None:
-            (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
+            try:
+                (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
+            except psycopg.errors.UniqueViolation as e:
+                raise click.ClickException(unique_held_message(e)) from None
             if state is None:
                 raise click.ClickException(f"no job with id {job_id}")
             if state in ("running", "completed", "pending"):
                 raise click.ClickException(
                     f"job {job_id} is {state}: only discarded, cancelled, retryable or "
                     "scheduled jobs can be retried (enqueue a new job to run it again)")
-            rows = [(job_id, state)]
+            rows = [(job_id, state, None)]
         else:
             with conn.transaction():
                 rows = conn.execute(q("retry_failed"), {"queue": queue, "task": task}).fetchall()
     if as_json:
-        click.echo(_dump([{"id": i, "state": st} for i, st in rows]))
+        click.echo(_dump([{"id": i, "state": st, **({"held_by": h} if h else {})}
+                          for i, st, h in rows]))
     elif job_id is not None:
         click.echo(f"job {job_id}: {rows[0][1]}")
     else:
-        click.echo(f"retried {len(rows)} discarded jobs"
-                   + (f": {', '.join(str(i) for i, _ in rows[:20])}"
-                      + (", ..." if len(rows) > 20 else "") if rows else ""))
+        done = [i for i, _, h in rows if h is None]
+        held = [(i, h) for i, _, h in rows if h is not None]
+        click.echo(f"retried {len(done)} discarded jobs"
+                   + (f": {', '.join(str(i) for i in done[:20])}"
+                      + (", ..." if len(done) > 20 else "") if done else ""))
+        if held:
+            click.echo(f"skipped {len(held)} whose unique_key an unfinished job holds: "
+                       + ", ".join(f"{i} (held by {h})" for i, h in held[:20])
+                       + (", ..." if len(held) > 20 else ""))
 
 
 @jobs.command("cancel")

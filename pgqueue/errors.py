@@ -10,6 +10,7 @@ The tree::
     ├── UnknownTaskError            (also LookupError) a task name not registered in the App
     ├── JobNotFound                 (also LookupError) no job with that id
     ├── ResultTimeout               (also TimeoutError) Job.result() waited in vain
+    ├── UniqueKeyHeld               Job.retry() of a job whose unique_key another job holds
     └── JobError                    Job.result() of a job that did not complete
         ├── JobFailed               discarded: attempts exhausted or not retryable
         └── JobCancelled            cancelled
@@ -41,6 +42,7 @@ __all__ = [
     "RetryLater",
     "SchemaError",
     "SerializationError",
+    "UniqueKeyHeld",
     "UnknownTaskError",
 ]
 
@@ -75,6 +77,20 @@ class JobNotFound(PgQueueError, LookupError):
 
 class ResultTimeout(PgQueueError, TimeoutError):
     """``Job.result(timeout=...)`` ran out of time before the job finished."""
+
+
+class UniqueKeyHeld(PgQueueError):
+    """A finished job cannot be retried: another unfinished job holds its ``unique_key``.
+
+    At most one unfinished job may hold a key (README, *Unique jobs*). Nothing changed;
+    wait for the holder to finish or cancel it, then retry, or enqueue a new job.
+
+    :ivar job_id: the job that was to be retried.
+    """
+
+    def __init__(self, job_id: int, message: str):
+        self.job_id = job_id
+        super().__init__(message)
 
 
 class JobError(PgQueueError):

@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 
 from . import serialization
 from ._sql import q
-from .errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
+from .errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout, UniqueKeyHeld
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
@@ -130,9 +130,23 @@ class Job:
         return JobState(state) if state else None
 
     def retry(self) -> JobState | None:
-        """Make a discarded/cancelled/retryable/scheduled job available now; commits."""
-        with self.app.connection() as conn:
-            (state,) = conn.execute(q("retry"), {"id": self.id}).fetchone()
+        """Make a discarded/cancelled/retryable/scheduled job available now (one more
+        attempt if it had none left); commits at once, on a connection of its own.
+
+        :returns: the state after the call: ``available`` when retried; the unchanged
+            state of a pending, running or completed job (a no-op); ``None`` for an
+            unknown id.
+        :raises UniqueKeyHeld: another unfinished job holds this job's ``unique_key``;
+            nothing changed.
+
+        >>> job.retry()
+        <JobState.AVAILABLE: 'available'>
+        """
+        try:
+            with self.app.connection() as conn:
+                (state,) = conn.execute(q("retry"), {"id": self.id}).fetchone()
+        except psycopg.errors.UniqueViolation as e:
+            raise UniqueKeyHeld(self.id, unique_held_message(e)) from None
         self._row = None
         return JobState(state) if state else None
 
@@ -188,3 +202,9 @@ class Job:
                         break
                     if time.monotonic() >= end:
                         break
+
+
+def unique_held_message(e: psycopg.errors.UniqueViolation) -> str:
+    """The server's message of a retry refused by the unique index, with its hint."""
+    d = e.diag
+    return f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "")

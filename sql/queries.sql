@@ -171,13 +171,9 @@ select id, name, hostname, pid, queues, concurrency, started_at,
  order by started_at;
 
 -- name: retry_failed
--- Every discarded job (of one queue / task when given) becomes available now.
-select j.id, pgqueue.retry(j.id) as state
-  from pgqueue.jobs j
- where j.state = 'discarded'
-   and (%(queue)s::text is null or j.queue = %(queue)s)
-   and (%(task)s::text is null or j.task = %(task)s)
- order by j.id;
+-- Every discarded job (of one queue / task when given) becomes available now, except
+-- those whose unique_key another unfinished job holds (held_by set, left discarded).
+select id, state, held_by from pgqueue.retry_discarded(%(queue)s, %(task)s);
 
 -- name: check_heartbeat
 -- Seconds since the freshest worker heartbeat (null: no worker row), of workers that

@@ -1767,7 +1767,8 @@ create trigger jobs_notify_requeued
           and new.run_at < now())
     execute function pgqueue.notify_requeued();
 
--- pgqueue migration 0005: a cancel request survives a graceful shutdown.
+-- pgqueue migration 0005: a cancel request survives a graceful shutdown; retry names a
+-- unique_key conflict.
 --
 -- A job asked to cancel while it runs ends `cancelled` however its attempt ends: by
 -- raising (fail), by its worker dying (rescue), and now also when its worker shuts down
@@ -1841,5 +1842,95 @@ select b.id from back b
 $$;
 comment on function pgqueue.release_unknown is 'Hand back running jobs owned by a worker that never received them (a claim whose reply was lost); a job asked to cancel becomes cancelled';
 
+-- A retried job becomes unfinished again, so it needs its unique_key back. When another
+-- unfinished job holds that key, retry used to fail on the unique index with a bare
+-- duplicate-key error (and a batch retry lost the whole batch to one such job). Now
+-- pgqueue.retry raises a clear error naming the holder, and pgqueue.retry_discarded
+-- retries a batch, skipping (and reporting) every job whose key is held.
+
+create or replace function pgqueue.retry(job_id bigint)
+returns text
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    v_state text;
+    v_key text;
+    v_holder bigint;
+begin
+    update pgqueue.jobs j
+       set state = 'available', run_at = now(), finished_at = null,
+           max_attempts = greatest(j.max_attempts, j.attempt + 1),
+           cancel_requested_at = null
+     where j.id = retry.job_id
+       and j.state in ('discarded', 'cancelled', 'retryable', 'scheduled')
+    returning j.state into v_state;
+    if v_state is not null then
+        perform pg_notify('pgqueue_jobs', (select j.queue from pgqueue.jobs j where j.id = retry.job_id));
+        return v_state;
+    end if;
+    select j.state into v_state from pgqueue.jobs j where j.id = retry.job_id;
+    return v_state;
+exception when unique_violation then
+    -- only a finished job (discarded, cancelled) can lack its key: another job took it
+    select j.unique_key into v_key from pgqueue.jobs j where j.id = retry.job_id;
+    select o.id into v_holder from pgqueue.jobs o
+     where o.unique_key = v_key and o.id <> retry.job_id
+       and o.state in ('pending', 'scheduled', 'available', 'running', 'retryable');
+    raise exception 'job % cannot be retried: its unique_key % is held by unfinished job %',
+            retry.job_id, quote_literal(v_key), coalesce(v_holder::text, '(just committed)')
+        using errcode = 'unique_violation',
+              detail = format('at most one unfinished job may hold a unique_key; job %s holds %L',
+                              coalesce(v_holder::text, '?'), v_key),
+              hint = 'wait for that job to finish or cancel it, then retry; or enqueue a new job';
+end $$;
+comment on function pgqueue.retry is 'Make a discarded, cancelled, retryable or scheduled job available now (one more attempt if needed). Returns the state after the call; raises unique_violation (naming the holder) when another unfinished job holds its unique_key';
+
+create function pgqueue.retry_discarded(queue text default null, task text default null)
+returns table (id bigint, state text, held_by bigint)
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    r record;
+    v_holder bigint;
+    v_queues text[] := '{}';
+begin
+    -- In id order, so of several discarded jobs sharing a free key the oldest gets it.
+    -- The check sees this call's own retries; a key taken by a concurrent enqueue after
+    -- the check makes the update fail with unique_violation, and nothing is retried.
+    for r in
+        select j.id, j.queue, j.unique_key from pgqueue.jobs j
+         where j.state = 'discarded'
+           and (retry_discarded.queue is null or j.queue = retry_discarded.queue)
+           and (retry_discarded.task is null or j.task = retry_discarded.task)
+         order by j.id
+           for update
+    loop
+        v_holder := null;
+        if r.unique_key is not null then
+            select o.id into v_holder from pgqueue.jobs o
+             where o.unique_key = r.unique_key
+               and o.state in ('pending', 'scheduled', 'available', 'running', 'retryable');
+        end if;
+        id := r.id;
+        held_by := v_holder;
+        if v_holder is null then
+            update pgqueue.jobs j
+               set state = 'available', run_at = now(), finished_at = null,
+                   max_attempts = greatest(j.max_attempts, j.attempt + 1),
+                   cancel_requested_at = null
+             where j.id = r.id;
+            state := 'available';
+            if not (r.queue = any(v_queues)) then
+                v_queues := v_queues || r.queue;
+            end if;
+        else
+            state := 'discarded';
+        end if;
+        return next;
+    end loop;
+    perform pg_notify('pgqueue_jobs', x) from unnest(v_queues) x;
+end $$;
+comment on function pgqueue.retry_discarded is 'Retry every discarded job (of one queue and/or task when given), in id order; a job whose unique_key another unfinished job holds is skipped: returned with state discarded and held_by set';
+
 insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'),
-    (4, '0004_claim_positions'), (5, '0005_cancel_on_hand_back');
+    (4, '0004_claim_positions'), (5, '0005_cancel_and_retry');

@@ -209,3 +209,55 @@ def test_result_survives_lost_connection(app, dsn):
         c.execute("select pg_notify('pgqueue_done', %s)", (str(job.id),))
     t.join(15)
     assert out == {"value": 5}
+
+
+def _discarded_holding_nothing(dsn: str, t, key: str | None) -> int:
+    """A discarded job with ``unique_key`` (a finished job no longer holds its key)."""
+    job = t.using(unique_key=key).enqueue() if key else t.enqueue()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("update pgqueue.jobs set state = 'discarded', finished_at = now(), "
+                  "attempt = 1, max_attempts = 1 where id = %s", (job.id,))
+    return job.id
+
+
+def test_retry_of_a_job_whose_unique_key_is_held(app, dsn):
+    """Retrying a finished job whose key another unfinished job now holds says so,
+    naming the holder, and changes nothing; a batch retry skips just those jobs."""
+    t = app.task(lambda *a, **k: None, name="atk.unique")
+    d1 = _discarded_holding_nothing(dsn, t, "a")
+    h1 = t.using(unique_key="a").enqueue().id
+    d2 = _discarded_holding_nothing(dsn, t, "b")
+    h2 = t.using(unique_key="b", delay=3600).enqueue().id
+    d3 = _discarded_holding_nothing(dsn, t, "c")        # c is free: the older one gets it
+    d4 = _discarded_holding_nothing(dsn, t, "c")
+    d5 = _discarded_holding_nothing(dsn, t, None)
+    d6 = _discarded_holding_nothing(dsn, t, None)
+
+    with pytest.raises(pgqueue.UniqueKeyHeld) as e:
+        pgqueue.Job(app, d1).retry()
+    assert e.value.job_id == d1
+    assert f"job {d1} cannot be retried" in str(e.value) and f"unfinished job {h1}" in str(e.value)
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", str(d2)])
+    assert res.exit_code == 1, res.output
+    assert f"held by unfinished job {h2}" in res.output and "Traceback" not in res.output
+    assert _states(dsn)[d1] == ("discarded", 1) and _states(dsn)[d2] == ("discarded", 1)
+
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", "--failed", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+    assert json.loads(res.output) == [
+        {"id": d1, "state": "discarded", "held_by": h1},
+        {"id": d2, "state": "discarded", "held_by": h2},
+        {"id": d3, "state": "available"},
+        {"id": d4, "state": "discarded", "held_by": d3},
+        {"id": d5, "state": "available"},
+        {"id": d6, "state": "available"}]
+    got = _states(dsn)
+    assert [got[i][0] for i in (d1, d2, d3, d4, d5, d6, h1, h2)] == [
+        "discarded", "discarded", "available", "discarded", "available", "available",
+        "available", "scheduled"]
+    # again: the text form says what was skipped and why
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", "--failed"])
+    assert res.exit_code == 0, res.output
+    assert "retried 0 discarded jobs" in res.output
+    assert "skipped 3 whose unique_key an unfinished job holds" in res.output

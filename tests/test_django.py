@@ -380,6 +380,20 @@ def test_admin_lists_filters_and_retries_and_cancels(djdb):
     assert "1 cancelled" in r.content.decode()
     assert committed(djdb, "select state from pgqueue.jobs order by id") == [
         ("available",), ("cancelled",)]
+    # a retry refused by the unique index is counted; the other selected jobs go on
+    old = tasks.note.using(unique_key="k").enqueue("three")
+    with psycopg.connect(djdb, autocommit=True) as c:
+        c.execute("update pgqueue.jobs set state = 'discarded', finished_at = now() "
+                  "where id = %s", (old.id,))
+    holder = tasks.note.using(unique_key="k").enqueue("four")
+    r = client.post("/admin/pgqueue/job/", {"action": "retry_jobs",
+                                            "_selected_action": [old.id, waiting.id]},
+                    follow=True)
+    assert r.status_code == 200
+    assert "1 available, 1 skipped (unique_key held)" in r.content.decode()
+    assert committed(djdb, "select id, state from pgqueue.jobs where id in "
+                           f"({old.id}, {holder.id}, {waiting.id}) order by id") == [
+        (waiting.id, "available"), (old.id, "discarded"), (holder.id, "available")]
 
 
 def test_worker_command_has_the_cli_worker_options():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db import connections, router
+from django.db import IntegrityError, connections, router, transaction
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
@@ -19,13 +19,21 @@ from .models import Job
 
 
 def _call(fn: str, queryset) -> dict[str, int]:
-    """Run ``pgqueue.<fn>(id)`` for each selected job; count the resulting states."""
+    """Run ``pgqueue.<fn>(id)`` for each selected job; count the resulting states.
+
+    Each call commits on its own (in a savepoint inside a request transaction). A retry
+    refused because another unfinished job holds the job's ``unique_key`` counts as
+    ``skipped (unique_key held)`` and the other jobs go on."""
     db = router.db_for_write(Job)
     out: dict[str, int] = {}
     with connections[db].cursor() as cur:
         for job_id in queryset.values_list("id", flat=True):
-            cur.execute(f"select pgqueue.{fn}(%s)", [job_id])
-            state = cur.fetchone()[0] or "unknown"
+            try:
+                with transaction.atomic(using=db):
+                    cur.execute(f"select pgqueue.{fn}(%s)", [job_id])
+                    state = cur.fetchone()[0] or "unknown"
+            except IntegrityError:
+                state = "skipped (unique_key held)"
             out[state] = out.get(state, 0) + 1
     return out
 

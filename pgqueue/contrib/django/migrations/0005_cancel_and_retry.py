@@ -1,4 +1,4 @@
-"""pgqueue schema version 5 (sql/migrations/0005_cancel_on_hand_back.sql)."""
+"""pgqueue schema version 5 (sql/migrations/0005_cancel_and_retry.sql)."""
 
 from django.db import migrations
 
