@@ -112,6 +112,12 @@ def _retry_delay(delay: Any) -> float | None:
     return min(max(delay, 0.0), MAX_DELAY)
 
 
+def _server_timeout(exc: BaseException) -> bool:
+    """The server cancelled the statement (``lock_timeout``, ``statement_timeout``): it
+    rolled back whole, and the session is still good for the next one."""
+    return isinstance(exc, (pgerrors.LockNotAvailable, pgerrors.QueryCanceled))
+
+
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError,
                             pgerrors.DeadlockDetected, pgerrors.SerializationFailure,
@@ -170,7 +176,11 @@ class _Conn:
             out = fn(conn)
             self.failures = 0
             return out
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if _server_timeout(e) and not conn.broken:
+                # A held lock, not a lost server: keep the session, and do not back off
+                # further each time (the statement itself already waited its timeout).
+                raise
             self.close()
             self.failures += 1
             raise
@@ -536,9 +546,14 @@ class Worker:
                     self._more = True
                     if not _transient(e):
                         log.exception("claim failed")
-                    else:
-                        log.warning("claim failed (%s); retrying", str(e).strip())
-                    self._stopping.wait(self._claim.backoff() if self._claim.failures else 1.0)
+                        self._stopping.wait(1.0)
+                        continue
+                    log.warning("claim failed (%s); retrying", str(e).strip())
+                    # A lock timeout retries at once (the claim queues for the lock again
+                    # and gets it the moment it goes); a lost connection backs off. Either
+                    # wait ends early on a notification or stop().
+                    self._wake.wait(0.05 if _server_timeout(e) else
+                                    self._claim.backoff() if self._claim.failures else 1.0)
                     continue
                 last_poll = time.monotonic()
                 if got == n:
@@ -588,10 +603,12 @@ class Worker:
         t0 = time.perf_counter()
         try:
             rows = self._claim.run(work)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             # The claim may have committed without our seeing the rows: release them
-            # (not counted as an attempt) before claiming again.
-            self._need_release = True
+            # (not counted as an attempt) before claiming again. A statement the server
+            # cancelled (lock or statement timeout) rolled back whole: nothing to release.
+            if not _server_timeout(e):
+                self._need_release = True
             raise
         if self.metrics is not None:
             self.metrics.claim_took(time.perf_counter() - t0)
