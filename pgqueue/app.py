@@ -237,7 +237,18 @@ class App:
 
         Useful when the task's code lives in another service. Uses the registered
         task's defaults when the name is known here.
+
+        :param task_name: the task's registered name (str).
+        :param args: positional arguments: a list or tuple (or another ordered iterable;
+            not a str, bytes, dict or set, which would be taken apart). Default none.
+        :param kwargs: keyword arguments, a dict with str keys (default none).
+        :raises TypeError: ``args`` or ``kwargs`` of the wrong kind (before any SQL).
+        :returns: a :class:`Job`; commits as :meth:`Task.enqueue` does (at once, or with
+            the caller's ``connection=``).
+
+        >>> app.enqueue("emails.send_welcome", [42], queue="emails")
         """
+        check_call_args(args, kwargs, f"app.enqueue({task_name!r}, [value])")
         t = self.tasks.get(task_name) or Task(self, None, name=task_name)
         return t.using(**options).enqueue(*args, **(kwargs or {}))
 
@@ -252,6 +263,21 @@ class App:
         """Raise :class:`SchemaError` unless the schema version matches this code."""
         with self.connection() as conn:
             return migrate.check_schema(conn)
+
+
+def check_call_args(args: Any, kwargs: Any, example: str) -> None:
+    """Refuse ``args``/``kwargs`` that would be taken apart or cannot be keywords: a str
+    as args would become one argument per character, a dict one per key.
+
+    :raises TypeError: saying what was wrong, with ``example`` of the right call.
+    """
+    if isinstance(args, (str, bytes, bytearray, dict, set, frozenset)) or \
+            not isinstance(args, Iterable):
+        raise TypeError(f"args must be a list or tuple of positional arguments, not "
+                        f"{type(args).__name__}: wrap a single argument, {example}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"kwargs must be a dict of keyword arguments, not "
+                        f"{type(kwargs).__name__}")
 
 
 class Task:
@@ -441,9 +467,10 @@ class TaskCall:
             ``pgqueue.Args(*args, **kwargs)``.
         :returns: the number of jobs inserted (jobs whose ``unique_key`` was already
             held are skipped; with a unique key every item shares it, so at most one).
-        :raises SerializationError: on the first bad item; on a caller's connection the
-            COPY is aborted and, when in a transaction, the caller's transaction with it.
-            Without a connection nothing is committed.
+        :raises SerializationError: on the first bad item. Nothing of the call is
+            inserted: on a caller's connection the COPY runs in a savepoint that is
+            rolled back, so the caller's transaction and its earlier writes stay usable;
+            without a connection nothing is committed.
 
         Jobs with neither delay nor unique key go straight into ``pgqueue.jobs`` with
         ``COPY``; otherwise they are copied to a temporary table and inserted from there,
@@ -454,8 +481,7 @@ class TaskCall:
         direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
         rows = _bulk_rows(self.task.name, items, o, direct)
         with sync_connection(self.task.app, self.connection) as conn:
-            tx = conn.transaction() if conn.autocommit else contextlib.nullcontext()
-            with tx:
+            with conn.transaction() if conn.autocommit else _savepoint(conn):
                 if direct:
                     with conn.cursor().copy(q("copy_jobs")) as copy:
                         n = 0
@@ -471,6 +497,21 @@ class TaskCall:
                 (n,) = conn.execute(q("bulk_stage_insert")).fetchone()
                 conn.execute(q("bulk_stage_clear"))
                 return n
+
+
+@contextlib.contextmanager
+def _savepoint(conn: Any) -> Iterator[None]:
+    """A savepoint in the caller's transaction (begun implicitly if none is open yet);
+    rolled back on error, never committing anything of the caller's."""
+    conn.execute("savepoint pgqueue_enqueue_many")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):   # a lost connection: the error below says so
+            conn.execute("rollback to savepoint pgqueue_enqueue_many")
+            conn.execute("release savepoint pgqueue_enqueue_many")
+        raise
+    conn.execute("release savepoint pgqueue_enqueue_many")
 
 
 def _module_name(fn: Callable[..., Any]) -> str:

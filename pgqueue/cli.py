@@ -23,7 +23,9 @@ from psycopg.rows import dict_row
 from . import migrate as migrate_mod
 from ._sql import q
 from .app import App, resolve_dsn
-from .errors import PgQueueError
+from . import serialization
+from .errors import PgQueueError, SerializationError
+from .retry import MAX_DELAY
 from .job import unique_held_message
 
 log = logging.getLogger("pgqueue")
@@ -41,13 +43,16 @@ class Duration(click.ParamType):
         retention and age options do not: a bare ``1`` could mean a second or a day, and
         pruning on a guess deletes data.
     :param min: the smallest value in seconds (inclusive).
+    :param max: the largest value in seconds (default 100 years, the bound of a delay:
+        PostgreSQL timestamps end in the year 294276).
     """
 
     name = "duration"
 
-    def __init__(self, *, bare: bool = True, min: float = 0.0):
+    def __init__(self, *, bare: bool = True, min: float = 0.0, max: float = MAX_DELAY):
         self.bare = bare
         self.min = min
+        self.max = max
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         if isinstance(value, (int, float)):
@@ -62,12 +67,19 @@ class Duration(click.ParamType):
             seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
         if seconds < self.min:
             self.fail(f"{value!r} is shorter than the minimum of {self.min:g} s", param, ctx)
+        if not seconds <= self.max:
+            self.fail(f"{value!r} is longer than the maximum of {self.max:g} s "
+                      f"({self.max / 31_557_600:.0f} years)", param, ctx)
         return seconds
 
 
 #: timing options (a bare number is seconds) and ages that select data (a unit required)
 SECONDS = Duration()
 AGE = Duration(bare=False)
+
+
+#: a job or workflow id: a positive bigint (ids start at 1)
+ID = click.IntRange(1, 2**63 - 1)
 
 
 def parse_duration(text: str, option: str = "--older-than") -> float:
@@ -250,23 +262,31 @@ def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
 # -- enqueue ---------------------------------------------------------------------
 
 def _json_arg(value: str | None, kind: type, what: str) -> str:
+    """A ``--args``/``--kwargs`` value checked as the Python API checks arguments."""
     if value is None:
         return "[]" if kind is list else "{}"
+
+    def no_constant(name: str) -> Any:
+        raise click.BadParameter(f"{name} is not a JSON number (JSON has no NaN or "
+                                 "Infinity); pass a string or null", param_hint=what)
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value, parse_constant=no_constant)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not valid JSON: {e}", param_hint=what) from None
+    except ValueError:     # an integer longer than Python reads (4300 digits)
+        raise click.BadParameter("holds an integer of more than "
+                                 f"{getattr(sys, 'get_int_max_str_digits', lambda: 4300)()} "
+                                 "digits, too long to read; pass long numbers as strings",
+                                 param_hint=what) from None
     if not isinstance(parsed, kind):
         raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}",
                                  param_hint=what)
-    if "\\u0000" in value:
-        raise click.BadParameter("contains a NUL character (\\u0000), which PostgreSQL cannot "
-                                 "store", param_hint=what)
     try:
-        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise click.BadParameter("contains a lone surrogate (\\ud800-\\udfff), which is not "
-                                 "valid UTF-8", param_hint=what) from None
+        # the checks of the Python API (NUL, lone surrogates, 1e999, size); the text
+        # itself is stored as given, so tagged values ({"$type": ...}) keep their meaning
+        serialization.dumps(parsed, what.lstrip("-"))
+    except SerializationError as e:
+        raise click.BadParameter(str(e), param_hint=what) from None
     return value
 
 
@@ -391,7 +411,7 @@ def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON object).")
 @pass_ctx
 def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
@@ -415,7 +435,7 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int, required=False)
+@click.argument("job_id", type=ID, required=False)
 @click.option("--failed", is_flag=True, help="Retry every discarded job (see --queue, --task).")
 @click.option("--queue", default=None, help="With --failed: only this queue.")
 @click.option("--task", default=None, help="With --failed: only this task name.")
@@ -464,7 +484,7 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
 
 
 @jobs.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
@@ -700,7 +720,7 @@ def workflows() -> None:
 
 
 @workflows.command("show")
-@click.argument("workflow_id", type=int)
+@click.argument("workflow_id", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:

@@ -22,8 +22,10 @@ bytes                  ``{"$type": "bytes", "value": "<base64>"}``
 
 Rejected with :class:`~pgqueue.SerializationError` (a ``TypeError``) before any SQL
 runs: naive datetimes (they name no instant; attach a tzinfo), strings or keys with
-NUL characters (PostgreSQL's ``jsonb`` cannot store them), non-finite floats, dict
-keys that are not strings, and any other type (sets, objects, ...).
+NUL characters (PostgreSQL's ``jsonb`` cannot store them), non-finite floats, ints of
+more than 131072 digits (the most a ``jsonb`` number holds), dict keys that are not
+strings, any other type (sets, objects, ...), and a document (a job's arguments, its
+keyword arguments, a result) larger than :data:`MAX_DOCUMENT_BYTES` as JSON text.
 """
 
 from __future__ import annotations
@@ -38,9 +40,17 @@ from typing import Any
 
 from .errors import SerializationError
 
-__all__ = ["TAG", "decode", "dumps", "encode", "loads"]
+__all__ = ["MAX_DOCUMENT_BYTES", "TAG", "decode", "dumps", "encode", "loads"]
 
 TAG = "$type"
+
+#: Largest JSON text (UTF-8 bytes) of one document: a job's args, its kwargs, a result.
+#: Jobs carry references to large data, not the data: each claim reads whole rows, and
+#: a ``jsonb`` value cannot exceed 255 MiB anyway. 16 MiB is also the largest message a
+#: stock RabbitMQ broker accepts, so Celery payloads that work there fit here.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+#: ``numeric`` (which ``jsonb`` numbers are) holds at most 131072 digits before the point
+_MAX_INT_BITS = 435_411   # 10**131072 < 2**435412
 
 
 def _bad(path: str, message: str) -> SerializationError:
@@ -65,7 +75,12 @@ def encode(value: Any, path: str = "value") -> Any:
     :raises SerializationError: (a ``TypeError``) for values the format refuses.
     """
     t = type(value)
-    if value is None or t is bool or t is int:
+    if value is None or t is bool:
+        return value
+    if t is int:
+        if value.bit_length() > _MAX_INT_BITS:
+            raise _bad(path, "int has more than 131072 digits, more than a PostgreSQL "
+                             "number holds; send it as a string")
         return value
     if t is str:
         if "\x00" in value:
@@ -169,13 +184,26 @@ def dumps(value: Any, path: str = "value") -> str:
         return "[]"
     if t is dict and not value:
         return "{}"
+    if (t is str or t is bytes) and len(value) > MAX_DOCUMENT_BYTES:
+        _too_large(path, len(value))     # before base64 or a copy doubles it
     try:
-        return json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
     except RecursionError:
         raise _bad(path, "is nested too deeply (or contains itself); flatten the "
                          "structure") from None
     except ValueError as e:   # e.g. an int with more digits than int->str conversion allows
         raise _bad(path, f"cannot be written as JSON: {e}") from None
+    if len(text) > MAX_DOCUMENT_BYTES // 4:
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_DOCUMENT_BYTES:
+            _too_large(path, size)
+    return text
+
+
+def _too_large(path: str, size: int) -> None:
+    raise _bad(path, f"is {size / 2**20:.1f} MiB as JSON, over the limit of "
+                     f"{MAX_DOCUMENT_BYTES // 2**20} MiB; store large data elsewhere (a table, "
+                     "a file store) and pass its key")
 
 
 def loads(text: str | bytes | None) -> Any:

@@ -77,8 +77,17 @@ PRUNE_LOCK = 0x706771756576
 COMPLETE_BATCH = 400
 
 
+#: characters of an error message or traceback kept per attempt (head and tail)
+ERROR_TEXT_LIMIT = 64 * 1024
+
+
 def _storable(text: str) -> str:
-    """``text`` as PostgreSQL can store it: NUL characters and lone surrogates escaped."""
+    """``text`` as PostgreSQL can store it: NUL characters and lone surrogates escaped,
+    at most ``ERROR_TEXT_LIMIT`` characters (its start and end, the middle cut out)."""
+    if len(text) > ERROR_TEXT_LIMIT:
+        half = ERROR_TEXT_LIMIT // 2
+        text = (f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n"
+                f"{text[-half:]}")
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     if not text.isascii():

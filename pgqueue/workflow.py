@@ -206,8 +206,10 @@ class Signature(_Canvas):
     def __init__(self, task: Task, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
                  *, immutable: bool = False, **options: Any):
         from .app import Task as _Task
+        from .app import check_call_args
         if not isinstance(task, _Task):
             raise EnqueueError(f"a signature needs a registered task, got {task!r}")
+        check_call_args(args, kwargs, f"{task.name}.signature([value])")
         self.task = task
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})

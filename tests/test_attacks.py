@@ -94,6 +94,16 @@ def test_retry_policy_rejects_unusable_cap():
         pgqueue.RetryPolicy(base=float("nan"))
 
 
+def _unlimited_digits(fn):
+    import sys
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return fn()
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
 def _nest(depth: int) -> list:
     v: list = []
     for _ in range(depth):
@@ -116,6 +126,23 @@ def _nest(depth: int) -> list:
     (lambda a, t, c: a.enqueue("", connection=c), pgqueue.EnqueueError),
     (lambda a, t, c: a.enqueue("a\x00b", connection=c), pgqueue.EnqueueError),
     (lambda a, t, c: a.enqueue("a\ud800b", connection=c), pgqueue.EnqueueError),
+    # a document over MAX_DOCUMENT_BYTES never reaches the server (jsonb would refuse it
+    # and abort the caller's transaction)
+    (lambda a, t, c: t.using(connection=c).enqueue("x" * (17 << 20)), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue(["é" * (9 << 20)]), pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue(blob=b"x" * (17 << 20)),
+     pgqueue.SerializationError),
+    (lambda a, t, c: t.using(connection=c).enqueue_many([("x" * (17 << 20),)]),
+     pgqueue.SerializationError),
+    # more digits than a jsonb number holds, even with Python's int->str limit lifted
+    (lambda a, t, c: _unlimited_digits(lambda: t.using(connection=c).enqueue(10 ** 140_000)),
+     pgqueue.SerializationError),
+    # args that would be taken apart: a str per character, a dict per key
+    (lambda a, t, c: a.enqueue("atk.noop", "abc", connection=c), TypeError),
+    (lambda a, t, c: a.enqueue("atk.noop", {"a": 1}, connection=c), TypeError),
+    (lambda a, t, c: a.enqueue("atk.noop", 5, connection=c), TypeError),
+    (lambda a, t, c: a.enqueue("atk.noop", [1], kwargs=[("a", 1)], connection=c), TypeError),
+    (lambda a, t, c: t.signature("abc"), TypeError),
 ])
 def test_bad_input_refused_before_sql(app, dsn, call, error):
     """Each bad input raises pgqueue's error and leaves the caller's transaction usable."""
@@ -139,6 +166,11 @@ def test_bad_input_refused_before_sql(app, dsn, call, error):
     ["--unique-key", "k" * 5000],
     ["--args", '["\\ud800"]'],
     ["--kwargs", '{"a\\u0000": 1}'],
+    ["--args", "[NaN]"],
+    ["--args", "[-Infinity]"],
+    ["--args", "[1e999]"],
+    ["--args", "[" + "9" * 5000 + "]"],
+    ["--args", '["' + "x" * (17 << 20) + '"]'],
 ])
 def test_cli_enqueue_bad_input(dsn, args):
     res = CliRunner().invoke(main, ["--dsn", dsn, "enqueue", "atk.noop", *args])
@@ -180,6 +212,39 @@ def test_cli_bad_durations_are_refused_naming_the_option(dsn, argv, says):
     assert says in res.output and argv[-2] in res.output
     with psycopg.connect(dsn, autocommit=True) as c:
         assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["jobs", "cancel", "99999999999999999999"],
+    ["jobs", "retry", "99999999999999999999"],
+    ["jobs", "show", "0"],
+    ["prune", "--older-than", "1000000w"],
+    ["worker", "--app", "x", "--stale-after", "9999999999d"],
+])
+def test_cli_out_of_range_values_are_usage_errors(dsn, argv):
+    res = CliRunner().invoke(main, ["--dsn", dsn, *argv])
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value" in res.output and "range" in res.output or \
+        "longer than the maximum" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_huge_error_messages_are_cut_and_the_job_still_fails(app, dsn, start_worker):
+    """A task raising an exception with a 50 MB message: the attempt is recorded with
+    the start and end of the message, and the worker goes on."""
+    @app.task(name="atk.loud", retry=False)
+    def loud() -> None:
+        raise ValueError("<" + "x" * (50 << 20) + ">")
+
+    job = loud.enqueue()
+    start_worker(app, concurrency=1)
+    wait_until(lambda: _states(dsn).get(job.id, ("",))[0] == "discarded", 20,
+               message="loud job discarded")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        msg, size = c.execute("select errors -> -1 ->> 'message', pg_column_size(errors) "
+                              "from pgqueue.jobs where id = %s", (job.id,)).fetchone()
+    assert msg.startswith("<xxx") and msg.endswith("xxx>") and "characters cut" in msg
+    assert size < 1 << 20
 
 
 def test_result_survives_lost_connection(app, dsn):
