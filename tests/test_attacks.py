@@ -326,3 +326,22 @@ def test_retry_of_a_job_whose_unique_key_is_held(app, dsn):
     assert res.exit_code == 0, res.output
     assert "retried 0 discarded jobs" in res.output
     assert "skipped 3 whose unique_key an unfinished job holds" in res.output
+
+
+def test_result_over_the_document_limit_discards_the_job_saying_so(app, dsn, start_worker):
+    @app.task(name="atk.bigresult")
+    def bigresult() -> str:
+        return "x" * (17 << 20)
+
+    ok = app.task(lambda: 5, name="atk.five")
+    job = bigresult.enqueue()
+    start_worker(app, concurrency=1)
+    wait_until(lambda: _states(dsn).get(job.id, ("",))[0] == "discarded", 20,
+               message="job with an oversized result discarded")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        (kind, msg), = c.execute("select errors -> -1 ->> 'type', errors -> -1 ->> 'message' "
+                                 "from pgqueue.jobs where id = %s", (job.id,)).fetchall()
+    assert kind == "pgqueue.errors.SerializationError"
+    assert "over the limit of 16 MiB" in msg and "result" in msg
+    # the worker goes on: a small job completes
+    assert ok.enqueue().result(timeout=10) == 5

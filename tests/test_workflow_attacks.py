@@ -49,17 +49,17 @@ def test_prune_while_a_chord_runs_keeps_the_results_the_callback_needs(app, t, c
 
 def test_callback_whose_inputs_cannot_be_built_fails_instead_of_blocking_the_queue(
         app, t, conn, start_worker):
-    """Three 90 MB results make a list larger than jsonb allows (256 MB): reading the
-    callback's inputs fails. The callback must fail for good, not stay claimable while
-    every claim of its queue errors."""
+    """Eighteen 15 MiB results (each under the 16 MiB document limit) make a list larger
+    than jsonb allows (256 MB): reading the callback's inputs fails. The callback must
+    fail for good, not stay claimable while every claim of its queue errors."""
     @app.task(name="atk.big")
     def big(mb: int) -> str:
         return "x" * (mb * 1024 * 1024)
 
     start_worker(app, concurrency=3, prune_after=None)
-    h = chord([big.s(90) for _ in range(3)], t.collect.s(tag="big"),
+    h = chord([big.s(15) for _ in range(18)], t.collect.s(tag="big"),
               ).enqueue(on_error=t.on_error.s())
-    cb = h.job_ids[3]
+    cb = h.job_ids[18]
     wait_until(lambda: conn.execute("select state from pgqueue.jobs where id = %s",
                                     (cb,)).fetchone()[0] == "discarded", 50,
                message="callback discarded")
