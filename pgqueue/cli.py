@@ -21,12 +21,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from . import migrate as migrate_mod
+from . import serialization
 from ._sql import q
 from .app import App, resolve_dsn
-from . import serialization
 from .errors import PgQueueError, SerializationError
-from .retry import MAX_DELAY
 from .job import unique_held_message
+from .retry import MAX_DELAY
 
 log = logging.getLogger("pgqueue")
 
