@@ -266,6 +266,29 @@ class _Link:
         self.mode = "pass"          # pass | blackhole | mute (server replies swallowed)
         self.head = b""
         self.closed = False
+        # mute_at_rows: the column count of the first DataRow to swallow, and the bytes of
+        # a server message not yet complete
+        self.mute_cols: int | None = None
+        self.down = b""
+
+    def downstream(self, data: bytes) -> bytes:
+        """What of the server's ``data`` reaches the client while ``mute_cols`` is armed:
+        whole protocol messages up to the first DataRow of ``mute_cols`` columns; from
+        there on the link is muted."""
+        self.down += data
+        out, buf, i = [], self.down, 0
+        while len(buf) - i >= 5:
+            size = int.from_bytes(buf[i + 1:i + 5], "big")
+            if len(buf) - i < 1 + size:
+                break
+            if (buf[i:i + 1] == b"D" and size >= 6
+                    and int.from_bytes(buf[i + 5:i + 7], "big") == self.mute_cols):
+                self.mode, self.mute_cols, self.down = "mute", None, b""
+                return b"".join(out)
+            out.append(buf[i:i + 1 + size])
+            i += 1 + size
+        self.down = buf[i:]
+        return b"".join(out)
 
     def close(self) -> None:
         self.closed = True
@@ -350,9 +373,12 @@ class Proxy:
             link.close()
             return
         link.server_w = s_writer
-        await asyncio.gather(self._pump(link, reader, s_writer, upstream=True),
-                             self._pump(link, s_reader, writer, upstream=False),
-                             return_exceptions=True)
+        try:
+            await asyncio.gather(self._pump(link, reader, s_writer, upstream=True),
+                                 self._pump(link, s_reader, writer, upstream=False),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:
+            pass    # the proxy is closing: end quietly, the stream callback logs a cancel
         link.close()
         with contextlib.suppress(ValueError):
             self.links.remove(link)
@@ -369,8 +395,12 @@ class Proxy:
                     m = _APP_NAME.search(link.head)
                     if m:
                         link.tag = m.group(1).decode(errors="replace")
+                if not upstream and link.mute_cols is not None:
+                    data = link.downstream(data)
                 if link.mode == "blackhole" or (link.mode == "mute" and not upstream):
                     continue        # swallowed: the sender sees silence, not a close
+                if not data:
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -398,6 +428,15 @@ class Proxy:
         found = self.matching(tag)
         for lk in found:
             lk.mode = "mute"
+        return len(found)
+
+    def mute_at_rows(self, tag: str | Callable[[str], bool] | None, columns: int) -> int:
+        """Arm the open matching connections: the first result row of ``columns`` columns
+        the server sends, and every reply after it, is swallowed (a reply is lost exactly
+        when it carries rows, whatever ran on the connection before)."""
+        found = self.matching(tag)
+        for lk in found:
+            lk.mute_cols = columns
         return len(found)
 
     def drop(self, tag: str | Callable[[str], bool] | None = None) -> int:

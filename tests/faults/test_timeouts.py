@@ -35,6 +35,7 @@ from .helpers import (
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 HB = ("--heartbeat-interval", "1", "--stale-after", "3")
+CLAIM_COLUMNS = 13      # the columns of a row returned by the worker's claim statement
 
 
 def test_lock_longer_than_the_stale_threshold_never_runs_a_job_twice(dsn, fapp,
@@ -79,18 +80,22 @@ def test_lock_longer_than_the_stale_threshold_never_runs_a_job_twice(dsn, fapp,
 
 def test_claim_whose_reply_is_lost_leaves_nothing_claimed_and_unworked(
         dsn, proxy, start_worker, monkeypatch):
-    """The proxy swallows the server's replies on the claim connection: the claim
-    commits on the server but the worker never sees the rows. The watchdog cuts the
-    connection after IO_TIMEOUT (2 s here), and the worker hands the jobs back before
-    claiming again: each runs once, attempt 1."""
+    """The proxy swallows the server's replies on the claim connection from the first
+    claimed row on: the claim commits on the server but the worker never sees the rows.
+    The watchdog cuts the connection after IO_TIMEOUT (2 s here), and the worker hands
+    the jobs back before claiming again: each runs once, attempt 1."""
     monkeypatch.setattr(worker_mod, "IO_TIMEOUT", 2.0)
     wapp = make_app(proxy.client_dsn())
     w = start_worker(wapp, concurrency=4, poll_interval=30, heartbeat_interval=1,
                      stale_after=3)
     wait_until(lambda: proxy.matching("pgqueue-worker:claim"), 10, 0.05, "claim connection")
-    assert proxy.mute("pgqueue-worker:claim") == 1
+    # armed on rows of the claim's shape (13 columns): an empty claim or a due-time
+    # query that runs first still gets its reply, so the lost reply is one with the jobs
+    assert proxy.mute_at_rows("pgqueue-worker:claim", CLAIM_COLUMNS) == 1
     papp = make_app(dsn)
-    ids = [papp.tasks["faults.work"].enqueue(ms=1).id for _ in range(3)]
+    with papp.pool.connection() as conn, conn.transaction():
+        ids = [papp.tasks["faults.work"].using(connection=conn).enqueue(ms=1).id
+               for _ in range(3)]
     papp.close()
     # the claim committed on the server: owned by the worker, which never got them
     wait_until(lambda: scalar(dsn, "select count(*) from pgqueue.jobs where state = "
