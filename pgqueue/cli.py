@@ -115,12 +115,27 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+_GLOBAL_OPTIONS = ("--dsn", "--log-level")
+
+
+def _command_path(ctx: click.Context | None) -> str:
+    """The subcommand words of ``ctx`` (``jobs list``), without the program name."""
+    return " ".join((ctx.command_path if ctx else "").split()[1:]) or "COMMAND"
+
+
 class _Group(click.Group):
     """Turns database errors that have a known remedy into one-line click errors."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as e:
+            if e.option_name in _GLOBAL_OPTIONS:
+                raise click.UsageError(
+                    f"{e.option_name} is an option of `pgqueue` itself: put it before the "
+                    f"command, as in `pgqueue {e.option_name} ... {_command_path(e.ctx)} ...`",
+                    e.ctx) from None
+            raise
         except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable,
                 psycopg.errors.UndefinedFunction) as e:
             raise click.ClickException(
@@ -496,8 +511,9 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(_dump({"id": job_id, "state": state}))
     else:
-        click.echo(f"job {job_id}: {state}"
-                   + (" (asked to stop)" if state == "running" else ""))
+        note = {"running": " (asked to stop)", "completed": " (already finished: not cancelled)",
+                "discarded": " (already finished: not cancelled)"}.get(state, "")
+        click.echo(f"job {job_id}: {state}{note}")
 
 
 # -- queues, workers, prune ----------------------------------------------------------
@@ -701,7 +717,8 @@ def embedded_status() -> None:
     """Where the embedded server lives and whether it runs."""
     from .embedded import EmbeddedServer
     s = EmbeddedServer()
-    click.echo(f"directory: {s.directory}\nrunning:   {s.is_running()}\ndsn:       {s.dsn}")
+    click.echo(f"directory: {s.directory}\nrunning:   {s.is_running()}\ndsn:       {s.dsn}\n"
+               f"psql:      {s.psql}")
 
 
 @embedded.command("stop")

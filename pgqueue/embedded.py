@@ -75,6 +75,11 @@ class EmbeddedServer:
     def dsn(self) -> str:
         return f"host={self.socket_dir} dbname=postgres user=postgres"
 
+    @property
+    def psql(self) -> Path:
+        """The ``psql`` client shipped with the embedded server's binaries."""
+        return _bindir() / "psql"
+
     def _run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [str(_bindir() / args[0]), *args[1:]]
         if os.geteuid() == 0:

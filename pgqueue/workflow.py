@@ -733,7 +733,8 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
     """A workflow and its steps as an indented tree (one line per step).
 
     Each step sits under the first step it depends on; a step with several dependencies
-    lists the others after ``also after``. Shows state, attempts and durations.
+    lists the others after ``also after`` (the first three and the last when there are
+    more than six). Shows state, attempts and durations.
     """
     def fmt_time(t: dt.datetime | None) -> str:
         return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
@@ -774,7 +775,10 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         if s["state"] == "pending":
             text += f", waiting for {s['deps_pending']}"
         if extra:
-            text += f", also after {', '.join('#' + str(d) for d in extra)}"
+            shown = [f"#{d}" for d in extra]
+            if len(shown) > 6:      # a chord callback after 100 members: keep the line short
+                shown = [*shown[:3], f"... {shown[-1]} ({len(extra)} in all)"]
+            text += f", also after {', '.join(shown)}"
         if s.get("last_error") and s["state"] != "completed":
             text += f" ({s['last_error']})"
         return text

@@ -345,3 +345,27 @@ def test_result_over_the_document_limit_discards_the_job_saying_so(app, dsn, sta
     assert "over the limit of 16 MiB" in msg and "result" in msg
     # the worker goes on: a small job completes
     assert ok.enqueue().result(timeout=10) == 5
+
+
+@pytest.mark.parametrize("argv", [["jobs", "list", "--dsn", "host=/nowhere"],
+                                  ["worker", "--app", "x", "--log-level", "debug"]])
+def test_global_option_after_the_command_says_where_it_goes(argv):
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2
+    opt = argv[-2]
+    assert f"{opt} is an option of `pgqueue` itself: put it before the command" in res.output
+    assert f"pgqueue {opt} ... {' '.join(argv[:1 + (argv[0] == 'jobs')])} ..." in res.output
+
+
+def test_workflow_tree_shortens_a_long_list_of_dependencies():
+    from pgqueue.workflow import render
+    workflow = {"id": 1, "name": None, "state": "pending", "created_at": None,
+                "finished_at": None, "total": 101, "completed": 0, "discarded": 0,
+                "cancelled": 0, "remaining": 101}
+    members = [{"job_id": i, "task": "m", "state": "available", "attempt": 0,
+                "max_attempts": 3, "depends_on": []} for i in range(1, 101)]
+    callback = {"job_id": 101, "task": "cb", "state": "pending", "attempt": 0,
+                "max_attempts": 3, "deps_pending": 100, "depends_on": list(range(1, 101))}
+    out = render(workflow, [*members, callback])
+    (line,) = [x for x in out.splitlines() if "#101 cb" in x]
+    assert line.endswith("waiting for 100, also after #2, #3, #4, ... #100 (99 in all)")
