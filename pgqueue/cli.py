@@ -118,11 +118,6 @@ pass_ctx = click.make_pass_decorator(Ctx)
 _GLOBAL_OPTIONS = ("--dsn", "--log-level")
 
 
-def _command_path(ctx: click.Context | None) -> str:
-    """The subcommand words of ``ctx`` (``jobs list``), without the program name."""
-    return " ".join((ctx.command_path if ctx else "").split()[1:]) or "COMMAND"
-
-
 class _Group(click.Group):
     """Turns database errors that have a known remedy into one-line click errors."""
 
@@ -130,10 +125,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.NoSuchOption as e:
-            if e.option_name in _GLOBAL_OPTIONS:
+            if e.option_name in _GLOBAL_OPTIONS and e.ctx is not None:
+                command = e.ctx.command_path.split(" ", 1)[-1]   # without the program name
                 raise click.UsageError(
                     f"{e.option_name} is an option of `pgqueue` itself: put it before the "
-                    f"command, as in `pgqueue {e.option_name} ... {_command_path(e.ctx)} ...`",
+                    f"command, as in `pgqueue {e.option_name} ... {command} ...`",
                     e.ctx) from None
             raise
         except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedTable,
@@ -511,8 +507,9 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(_dump({"id": job_id, "state": state}))
     else:
-        note = {"running": " (asked to stop)", "completed": " (already finished: not cancelled)",
-                "discarded": " (already finished: not cancelled)"}.get(state, "")
+        note = (" (asked to stop)" if state == "running" else
+                " (already finished: not cancelled)" if state in ("completed", "discarded")
+                else "")
         click.echo(f"job {job_id}: {state}{note}")
 
 

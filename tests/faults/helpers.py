@@ -423,13 +423,6 @@ class Proxy:
             lk.mode = "blackhole"
         return len(found)
 
-    def mute(self, tag: str | Callable[[str], bool] | None = None) -> int:
-        """Swallow the server's replies on the open matching connections."""
-        found = self.matching(tag)
-        for lk in found:
-            lk.mode = "mute"
-        return len(found)
-
     def mute_at_rows(self, tag: str | Callable[[str], bool] | None, columns: int) -> int:
         """Arm the open matching connections: the first result row of ``columns`` columns
         the server sends, and every reply after it, is swallowed (a reply is lost exactly
