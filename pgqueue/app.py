@@ -35,6 +35,10 @@ LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVIC
 DEFAULT_MAX_ATTEMPTS = 20
 #: longest unique_key in UTF-8 bytes (a btree index entry must fit a third of a page)
 MAX_UNIQUE_KEY_BYTES = 1000
+#: run_at range (constraint jobs_run_at_in_range): a day inside years 1 to 9999 at each
+#: end, so the time reads back as a datetime in every time zone
+MIN_RUN_AT = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc)
+MAX_RUN_AT = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -368,7 +372,8 @@ class Task:
             app's pool, committed at once.
         :param delay: seconds (float) or ``timedelta`` from now, on the database clock;
             must be >= 0.
-        :param run_at: an aware ``datetime`` at which the job becomes due (not with ``delay``).
+        :param run_at: an aware ``datetime`` at which the job becomes due (not with ``delay``),
+            between 0001-01-02 and 9999-12-31 UTC (:data:`MIN_RUN_AT`, :data:`MAX_RUN_AT`).
         :param queue: queue name (default: the task's).
         :param priority: int in -32768..32767, higher first (default: the task's).
         :param max_attempts: int >= 1 (default: the task's).
@@ -632,6 +637,15 @@ def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime |
         if run_at.tzinfo is None or run_at.tzinfo.utcoffset(run_at) is None:
             raise EnqueueError(f"run_at {run_at.isoformat()} is a naive datetime; "
                                "attach a timezone, e.g. datetime.now(timezone.utc) + ...")
+        try:
+            utc = run_at.astimezone(dt.timezone.utc)
+        except OverflowError:
+            utc = None
+        if utc is None or not (MIN_RUN_AT <= utc < MAX_RUN_AT):
+            raise EnqueueError(f"run_at {run_at.isoformat()} is outside the range a job can be "
+                               "scheduled in (0001-01-02 to "
+                               "9999-12-31 UTC); for \"as soon as possible\" "
+                               "give neither run_at nor delay")
         return None, run_at
     return None, None
 

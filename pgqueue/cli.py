@@ -518,7 +518,8 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
 @main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @click.option("--stale-after", default=10.0, show_default=True,
-              help="Seconds without heartbeat after which a worker counts as dead.")
+              help="Seconds without heartbeat after which a worker counts as dead, for "
+                   "workers that did not record their own --stale-after.")
 @click.pass_context
 def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
     """Queues: jobs by state, oldest ready job, paused, jobs no live worker can run."""
@@ -569,7 +570,8 @@ def queues_resume(obj: Ctx, name: str, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @click.option("--stale-after", default=10.0, show_default=True, type=SECONDS,
-              help="Seconds without heartbeat after which a worker counts as dead.")
+              help="Seconds without heartbeat after which a worker counts as dead, for "
+                   "workers that did not record their own --stale-after.")
 @click.option("--all", "show_all", is_flag=True, help="Include dead workers not yet removed.")
 @pass_ctx
 def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None:
@@ -577,7 +579,9 @@ def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None
     with obj.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(q("workers_list")).fetchall()
     for r in rows:
-        r["alive"] = r["heartbeat_age"] is not None and r["heartbeat_age"] <= stale_after
+        own = r.pop("stale_after")   # the worker's own setting, when it recorded one
+        r["alive"] = (r["heartbeat_age"] is not None
+                      and r["heartbeat_age"] <= (own if own is not None else stale_after))
     if not show_all:
         rows = [r for r in rows if r["alive"]]
     if as_json:

@@ -38,7 +38,8 @@ served from that cache:
 - ``pgqueue_queue_oldest_available_age_seconds{queue}``: age of the oldest job that is
   due and not running (0 when none);
 - ``pgqueue_queue_paused{queue}``: 1 when the queue is paused;
-- ``pgqueue_workers_alive``: workers that heartbeated within ``stale_after`` seconds;
+- ``pgqueue_workers_alive``: workers that heartbeated within their own ``stale_after``
+  (this collector's for workers that recorded none);
 - ``pgqueue_database_up``: 1 when the last refresh succeeded, else 0;
 - ``pgqueue_database_refresh_timestamp_seconds``: Unix time of the last good refresh.
 
@@ -100,7 +101,8 @@ select queue, 'pending', count(*)::bigint, null::float8
 """
 _DB_QUEUES = "select name, paused from pgqueue.queues"
 _DB_WORKERS = ("select count(*) from pgqueue.workers "
-               "where heartbeat_at > now() - make_interval(secs => %s::float8)")
+               "where heartbeat_at > now() - coalesce(stale_after, "
+               "make_interval(secs => %s::float8))")
 
 
 class DatabaseCollector(Collector):

@@ -970,7 +970,8 @@ class Worker:
             rows = conn.execute(q("heartbeat"), {
                 "worker_id": self.id, "name": self.name, "hostname": socket.gethostname(),
                 "pid": os.getpid(), "queues": self.queues, "tasks": self._tasks_names,
-                "concurrency": self.concurrency}, prepare=self.listen).fetchall()
+                "concurrency": self.concurrency, "stale_after": self.stale_after},
+                prepare=self.listen).fetchall()
             self.last_heartbeat = now = time.monotonic()
             for (job_id,) in rows:
                 self._signal_cancel(job_id)

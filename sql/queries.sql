@@ -81,7 +81,8 @@ select pgqueue.hand_back(%(worker_id)s, %(ids)s, %(attempts)s);
 
 -- name: heartbeat
 select pgqueue.heartbeat(%(worker_id)s, %(name)s, %(hostname)s, %(pid)s, %(queues)s,
-                         %(tasks)s, %(concurrency)s);
+                         %(tasks)s, %(concurrency)s,
+                         make_interval(secs => %(stale_after)s::float8));
 
 -- name: rescue
 select id, state from pgqueue.rescue(make_interval(secs => %(stale_after)s::float8));
@@ -134,7 +135,8 @@ select s.queue, s.pending, s.ready, s.waiting, s.running, s.completed, s.discard
            and j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
            and not exists (
                select 1 from pgqueue.workers w
-                where w.heartbeat_at > now() - make_interval(secs => %(stale_after)s::float8)
+                where w.heartbeat_at > now() - coalesce(
+                          w.stale_after, make_interval(secs => %(stale_after)s::float8))
                   and (w.queues is null or j.queue = any(w.queues))
                   and j.task = any(w.tasks))) as no_worker
   from pgqueue.queue_stats s
@@ -165,6 +167,7 @@ select id, queue, task, state, attempt, max_attempts, priority, run_at, created_
 -- name: workers_list
 select id, name, hostname, pid, queues, concurrency, started_at,
        extract(epoch from now() - heartbeat_at)::float8 as heartbeat_age,
+       extract(epoch from stale_after)::float8 as stale_after,
        (select count(*) from pgqueue.jobs j where j.worker_id = w.id and j.state = 'running')
            as running
   from pgqueue.workers w

@@ -1932,5 +1932,194 @@ begin
 end $$;
 comment on function pgqueue.retry_discarded is 'Retry every discarded job (of one queue and/or task when given), in id order; a job whose unique_key another unfinished job holds is skipped: returned with state discarded and held_by set';
 
+-- pgqueue migration 0006: a job due between a claim and the next_due that follows it
+-- is claimed at once; run_at is always a time every client can read; each worker is
+-- judged dead by its own stale_after.
+--
+-- next_due: a worker that claims fewer jobs than it asked for asks next_due when to
+-- wake. A scheduled job that became due between the two statements was neither
+-- claimed (not due yet for the claim) nor reported (no longer in the future for
+-- next_due), and waited for the next poll. next_due now also reports jobs that became
+-- due within the last 2 seconds and are still waiting, as a negative number of
+-- seconds: the worker claims again at once.
+--
+-- run_at: 'infinity', '-infinity' and times outside what clients can represent made
+-- every claim or every next_due fail ("cannot subtract infinite timestamps") or left
+-- a claimed row that no Python worker could read. pgqueue.enqueue refuses them with a
+-- clear error, and a constraint keeps every other path (direct inserts, workflow
+-- delays) inside the same range: 0001-01-02 to 9999-12-31 UTC, which stays within
+-- years 1 to 9999 in every time zone. Rows already outside it are moved to its edge
+-- (a job meant to run first still runs first; one meant never to run still waits).
+--
+-- stale_after: rescue judged every worker by the rescuer's stale_after, so a worker
+-- with a short one rescued the running jobs of a live peer with a longer one. Each
+-- worker now records its own in pgqueue.workers, and rescue and the queue statistics
+-- use the owner's value (the caller's for rows of workers that record none).
+
+------------------------------------------------------------------------------
+-- next_due: also the jobs that became due a moment ago
+------------------------------------------------------------------------------
+
+create or replace function pgqueue.next_due(queues text[], tasks text[])
+returns double precision
+language sql stable set search_path = pg_catalog, pgqueue as $$
+    select extract(epoch from min(j.run_at) - now())::double precision
+      from pgqueue.jobs j
+     where j.state in ('scheduled', 'retryable')
+       and j.run_at > now() - interval '2 seconds'
+       and (next_due.queues is null or j.queue = any(next_due.queues))
+       and (next_due.tasks is null or j.task = any(next_due.tasks))
+       and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
+$$;
+comment on function pgqueue.next_due is 'Seconds until the earliest scheduled or retryable job becomes due; negative for one that became due within the last 2 s and still waits (claim again now); null if none';
+
+------------------------------------------------------------------------------
+-- run_at: finite, and readable by every client
+------------------------------------------------------------------------------
+
+alter table pgqueue.jobs add constraint jobs_run_at_in_range
+    check (run_at >= '0001-01-02 00:00:00+00' and run_at < '9999-12-31 00:00:00+00');
+
+create or replace function pgqueue.enqueue(
+    task text,
+    args jsonb default '[]',
+    kwargs jsonb default '{}',
+    queue text default 'default',
+    priority integer default 0,
+    run_at timestamptz default null,
+    max_attempts integer default null,
+    unique_key text default null
+) returns bigint
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    v_id bigint;
+    v_run_at timestamptz := coalesce(enqueue.run_at, now());
+begin
+    if enqueue.task is null or enqueue.task = '' or length(enqueue.task) > 512 then
+        raise exception 'pgqueue.enqueue: task must be a name of 1 to 512 characters, got %', quote_nullable(enqueue.task)
+            using errcode = '22023';
+    end if;
+    if enqueue.queue = '' or length(enqueue.queue) > 128 then
+        raise exception 'pgqueue.enqueue: queue must be a name of 1 to 128 characters, got %', quote_literal(enqueue.queue)
+            using errcode = '22023';
+    end if;
+    if not (v_run_at >= '0001-01-02 00:00:00+00' and v_run_at < '9999-12-31 00:00:00+00') then
+        raise exception 'pgqueue.enqueue: run_at must be a finite time between 0001-01-02 and 9999-12-31 UTC, got %', v_run_at
+            using errcode = '22023',
+                  hint = 'pass null (or omit run_at) to run the job now';
+    end if;
+    if jsonb_typeof(coalesce(enqueue.args, '[]')) <> 'array'
+       or jsonb_typeof(coalesce(enqueue.kwargs, '{}')) <> 'object' then
+        raise exception 'pgqueue.enqueue: args must be a JSON array and kwargs a JSON object'
+            using errcode = '22023';
+    end if;
+    loop
+        insert into pgqueue.jobs as j (task, args, kwargs, queue, priority, run_at,
+                                       max_attempts, unique_key, state)
+        values (enqueue.task, coalesce(enqueue.args, '[]'), coalesce(enqueue.kwargs, '{}'),
+                coalesce(enqueue.queue, 'default'), coalesce(enqueue.priority, 0), v_run_at,
+                coalesce(enqueue.max_attempts, 20), enqueue.unique_key,
+                case when v_run_at > now() then 'scheduled' else 'available' end)
+        on conflict (unique_key) where unique_key is not null
+            and state in ('pending', 'scheduled', 'available', 'running', 'retryable')
+        do nothing
+        returning j.id into v_id;
+        if v_id is not null then
+            return v_id;
+        end if;
+        -- An unfinished job holds the key: hand back its id, never touch it.
+        select j.id into v_id from pgqueue.jobs j
+         where j.unique_key = enqueue.unique_key
+           and j.state in ('pending', 'scheduled', 'available', 'running', 'retryable');
+        if v_id is not null then
+            return v_id;
+        end if;
+        -- It finished between the two statements: try the insert again.
+    end loop;
+end $$;
+comment on function pgqueue.enqueue is 'Enqueue one job in the caller''s transaction; returns its id (the existing id for a live unique_key)';
+
+------------------------------------------------------------------------------
+-- each worker's own stale_after
+------------------------------------------------------------------------------
+
+alter table pgqueue.workers add column stale_after interval;
+comment on column pgqueue.workers.stale_after is 'Heartbeat silence after which this worker counts as dead (its own setting); null: the judging caller''s';
+
+drop function pgqueue.heartbeat(uuid, text, text, integer, text[], text[], integer);
+
+create function pgqueue.heartbeat(worker_id uuid, name text, hostname text, pid integer,
+                                  queues text[], tasks text[], concurrency integer,
+                                  stale_after interval default null)
+returns setof bigint
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+begin
+    insert into pgqueue.workers as w (id, name, hostname, pid, queues, tasks, concurrency,
+                                      stale_after)
+    values (heartbeat.worker_id, heartbeat.name, heartbeat.hostname, heartbeat.pid,
+            heartbeat.queues, heartbeat.tasks, heartbeat.concurrency, heartbeat.stale_after)
+    on conflict (id) do update set heartbeat_at = now();
+    -- Running jobs of this worker that were asked to cancel.
+    return query
+        select j.id from pgqueue.jobs j
+         where j.worker_id = heartbeat.worker_id
+           and j.state = 'running'
+           and j.cancel_requested_at is not null;
+end $$;
+comment on function pgqueue.heartbeat is 'Register or refresh a worker (stale_after: its own dead-after setting); returns its running jobs that were asked to cancel';
+
+create or replace function pgqueue.rescue(stale_after interval)
+returns table (id bigint, state text)
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    r record;
+    v_queues text[] := '{}';
+begin
+    -- A running job is orphaned when its owner has not heartbeated within its own
+    -- stale_after (the caller's when it recorded none), or its owner row is gone.
+    for r in
+        with orphans as (
+            select j.id from pgqueue.jobs j
+             where j.state = 'running'
+               and not exists (select 1 from pgqueue.workers w
+                                where w.id = j.worker_id
+                                  and w.heartbeat_at > now() - coalesce(w.stale_after,
+                                                                        rescue.stale_after))
+               for update skip locked
+        )
+        update pgqueue.jobs j
+           set state = case when j.cancel_requested_at is not null then 'cancelled'
+                            when j.attempt >= j.max_attempts then 'discarded'
+                            else 'available' end,
+               -- keeps its place in line: a rescued job is not sent behind the backlog
+               run_at = least(j.run_at, now()),
+               finished_at = case when j.cancel_requested_at is not null
+                                   or j.attempt >= j.max_attempts then now() end,
+               errors = j.errors || jsonb_build_array(jsonb_build_object(
+                   'at', now(), 'attempt', j.attempt, 'worker', j.worker_id,
+                   'type', 'pgqueue.WorkerLost',
+                   'message', 'the worker running this attempt stopped heartbeating; the job was rescued',
+                   'traceback', null))
+          from orphans o
+         where j.id = o.id
+        returning j.id, j.state, j.queue
+    loop
+        id := r.id;
+        state := r.state;
+        return next;
+        if r.state = 'available' and not (r.queue = any(v_queues)) then
+            v_queues := v_queues || r.queue;
+        end if;
+    end loop;
+    perform pg_notify('pgqueue_jobs', x) from unnest(v_queues) x;
+    delete from pgqueue.workers w
+     where w.heartbeat_at < now() - coalesce(w.stale_after, rescue.stale_after) * 10;
+end $$;
+comment on function pgqueue.rescue is 'Requeue (or discard, by attempts) running jobs whose worker is dead (silent for longer than its own stale_after, else the given one) or gone; any live worker may call it';
+
 insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'),
-    (4, '0004_claim_positions'), (5, '0005_cancel_and_retry');
+    (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'),
+    (6, '0006_due_range_stale');

@@ -3,6 +3,7 @@ worker keeps running, and bad input is refused before any SQL with a clear error
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
@@ -122,6 +123,12 @@ def _nest(depth: int) -> list:
     (lambda a, t, c: t.using(connection=c, queue="q\ud800").enqueue(), pgqueue.EnqueueError),
     (lambda a, t, c: t.using(connection=c, delay=float("inf")).enqueue(), pgqueue.EnqueueError),
     (lambda a, t, c: t.using(connection=c, delay=1e13).enqueue(), pgqueue.EnqueueError),
+    # a run_at that reads back as year 0 or 10000 in UTC (no client could read the row)
+    (lambda a, t, c: t.using(connection=c, run_at=dt.datetime(
+        1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=14)))).enqueue(), pgqueue.EnqueueError),
+    (lambda a, t, c: t.using(connection=c, run_at=dt.datetime(
+        9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5)))).enqueue(),
+     pgqueue.EnqueueError),
     (lambda a, t, c: a.enqueue("t" * 600, connection=c), pgqueue.EnqueueError),
     (lambda a, t, c: a.enqueue("", connection=c), pgqueue.EnqueueError),
     (lambda a, t, c: a.enqueue("a\x00b", connection=c), pgqueue.EnqueueError),

@@ -1,0 +1,127 @@
+"""What SQL can write that Python cannot read, and the timing contracts of the SQL API.
+
+Any language enqueues through ``pgqueue.enqueue`` or plain inserts, so a worker must
+survive rows no Python producer would write: a job whose document it cannot parse fails
+alone, with a message saying why; a ``run_at`` no client can read is refused. The
+``next_due`` window and the per-worker ``stale_after`` are checked at the SQL level,
+where they are decided.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from pgqueue import migrate
+
+from .conftest import wait_until
+
+
+def _state(conn: psycopg.Connection, job_id: int) -> tuple[str, int, str | None]:
+    return conn.execute("select state, attempt, errors -> -1 ->> 'message' "
+                        "from pgqueue.jobs where id = %s", (job_id,)).fetchone()
+
+
+def _sql_enqueue(conn: psycopg.Connection, task: str, args_json: str) -> int:
+    return conn.execute("select pgqueue.enqueue(%s, %s::jsonb)", (task, args_json)).fetchone()[0]
+
+
+@pytest.mark.parametrize("run_at", ["infinity", "-infinity", "0001-01-01 00:00:00+14",
+                                    "4000-01-01 BC", "10000-01-01 00:00:00+00"])
+def test_sql_enqueue_refuses_a_run_at_no_client_can_read(app, conn, start_worker, run_at):
+    """Before, '-infinity' was stored and every later claim failed ("cannot subtract
+    infinite timestamps"); 'infinity' broke next_due. Now the enqueue raises 22023 with
+    the range, the constraint also stops direct inserts, and committed jobs still run."""
+    @app.task(name="sql.ok")
+    def ok():
+        return "ran"
+
+    before = ok.enqueue()
+    with pytest.raises(psycopg.errors.InvalidParameterValue,
+                       match="run_at must be a finite time between 0001-01-02 and 9999-12-31"):
+        conn.execute("select pgqueue.enqueue('sql.ok', run_at => %s::timestamptz)", (run_at,))
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_run_at_in_range"):
+        conn.execute("insert into pgqueue.jobs (task, run_at) values ('sql.ok', %s)", (run_at,))
+    start_worker(app)
+    assert before.result(timeout=10) == "ran"
+    assert ok.enqueue().result(timeout=10) == "ran"
+    assert conn.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 2
+
+
+def test_migration_moves_unreadable_run_ats_to_the_edge_of_the_range(empty_dsn):
+    """Rows stored before the constraint existed: '-infinity' becomes the earliest time
+    (the job still runs first), 'infinity' the latest (it still waits)."""
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate.apply(conn, target=5)
+        early, late, normal = (conn.execute(
+            "insert into pgqueue.jobs (task, run_at, state) values ('m.t', %s::timestamptz, "
+            "%s) returning id", (r, s)).fetchone()[0]
+            for r, s in (("-infinity", "available"), ("infinity", "scheduled"),
+                         ("2026-12-06 10:00+00", "available")))
+        migrate.apply(conn)
+        got = dict(conn.execute("select id, to_char(run_at at time zone 'UTC', "
+                                "'YYYY-MM-DD HH24:MI:SS') from pgqueue.jobs").fetchall())
+        assert got == {early: "0001-01-02 00:00:00", late: "9999-12-30 23:59:59",
+                       normal: "2026-12-06 10:00:00"}
+        assert conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] > 0
+
+
+def test_next_due_reports_a_job_that_became_due_after_the_claim(conn):
+    """A worker that claimed just before a scheduled job's run_at, then asked next_due
+    just after it, was told nothing waits and slept until its poll (60 s in the tests
+    that failed). next_due now returns a negative number for a job that became due in
+    the last 2 s and still waits, so the worker claims again at once."""
+    conn.execute("insert into pgqueue.jobs (task, state, run_at) "
+                 "values ('t.a', 'scheduled', now() - interval '300 milliseconds')")
+    due = conn.execute("select pgqueue.next_due(null, null)").fetchone()[0]
+    assert due is not None and -0.5 < due < 0
+    assert conn.execute("select pgqueue.next_due(null, array['t.other'])").fetchone()[0] is None
+    # one due long ago is the claim's to find, not a reason to wake (it may be held by
+    # another claimer): next_due looks back 2 s only
+    conn.execute("update pgqueue.jobs set run_at = now() - interval '10 seconds'")
+    assert conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] is None
+    conn.execute("insert into pgqueue.jobs (task, state, run_at) "
+                 "values ('t.a', 'retryable', now() + interval '30 seconds')")
+    assert 29 < conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] <= 30
+
+
+def _peer(conn: psycopg.Connection, stale_after: str | None, silent_for: str) -> tuple[str, int]:
+    """A worker row with its own stale_after, silent for ``silent_for``, running one job."""
+    wid = str(uuid.uuid4())
+    conn.execute("select pgqueue.heartbeat(%s, 'peer', 'host', 1, null, '{t.a}', 1, "
+                 "%s::interval)", (wid, stale_after))
+    conn.execute("update pgqueue.workers set heartbeat_at = now() - %s::interval "
+                 "where id = %s", (silent_for, wid))
+    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt) "
+                       "values ('t.a', 'running', %s, now(), 1) returning id",
+                       (wid,)).fetchone()[0]
+    return wid, job
+
+
+def test_each_worker_is_judged_dead_by_its_own_stale_after(conn):
+    """Before, a worker with stale_after 3 s rescued the running job of a live peer that
+    heartbeats every 10 s with stale_after 30 s: the job ran twice. Rescue now reads
+    the owner's recorded stale_after (the caller's for a worker that recorded none)."""
+    _, slow_alive = _peer(conn, "30 seconds", "8 seconds")
+    _, slow_dead = _peer(conn, "30 seconds", "40 seconds")
+    _, fast_dead = _peer(conn, "2 seconds", "5 seconds")
+    _, old_style = _peer(conn, None, "5 seconds")     # judged by the caller's 3 s
+    rescued = dict(conn.execute(
+        "select id, state from pgqueue.rescue(interval '3 seconds')").fetchall())
+    assert rescued == {slow_dead: "available", fast_dead: "available",
+                       old_style: "available"}
+    assert _state(conn, slow_alive)[0] == "running"
+    alive = conn.execute(
+        "select count(*) from pgqueue.workers where heartbeat_at > now() - "
+        "coalesce(stale_after, interval '3 seconds')").fetchone()[0]
+    assert alive == 1
+
+
+def test_worker_records_its_stale_after(app, conn, start_worker):
+    app.task(lambda: None, name="t.noop")
+    w = start_worker(app, stale_after=7.5, heartbeat_interval=0.5)
+    row = conn.execute("select extract(epoch from stale_after)::float8 from pgqueue.workers "
+                       "where id = %s", (w.worker.id,)).fetchone()
+    assert row == (7.5,)
