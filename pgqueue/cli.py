@@ -284,6 +284,9 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
         parsed = json.loads(value, parse_constant=no_constant)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not valid JSON: {e}", param_hint=what) from None
+    except RecursionError:
+        raise click.BadParameter("is nested too deeply to read; flatten the structure",
+                                 param_hint=what) from None
     except ValueError:     # an integer longer than Python reads (4300 digits)
         raise click.BadParameter("holds an integer of more than "
                                  f"{getattr(sys, 'get_int_max_str_digits', lambda: 4300)()} "

@@ -254,8 +254,8 @@ class Observer:
     def _context(self, r: _Running, err: dict[str, Any], state: str,
                  when: dt.datetime | None, exc: BaseException) -> ErrorContext:
         try:
-            args = serialization.decode(r.args)
-            kwargs = serialization.decode(r.kwargs)
+            args = serialization.loads(r.args)
+            kwargs = serialization.loads(r.kwargs)
         except Exception:  # noqa: BLE001 - undecodable arguments: hand over the raw JSON
             args, kwargs = r.args, r.kwargs
         return ErrorContext(

@@ -153,6 +153,22 @@ class _Running:
     exc: BaseException | None = None  # the exception of a failed attempt (for error hooks)
 
 
+def _parse(text: str, what: str) -> Any:
+    """Parse a job's JSON document (claimed as text) and decode its tags.
+
+    :raises Discard: the document cannot be read by this worker (an integer of more
+        digits than ``sys.get_int_max_str_digits()``, nesting deeper than the recursion
+        limit, a malformed tag); retrying would fail the same way.
+    """
+    try:
+        return serialization.loads(text)
+    except RecursionError:
+        raise Discard(f"the job's {what} are nested too deeply to be read here; "
+                      "flatten them and enqueue the job again") from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is permanent
+        raise Discard(f"the job's {what} cannot be read: {type(e).__name__}: {e}") from None
+
+
 class _Conn:
     """A dedicated autocommit connection that reconnects and can be cut by the watchdog."""
 
@@ -619,6 +635,12 @@ class Worker:
             if not _server_timeout(e):
                 self._need_release = True
             raise
+        except Exception:
+            # The reply arrived but could not be read (a value this client cannot
+            # represent): the claim committed, so hand its jobs back rather than leave
+            # them running under a live worker that never started them.
+            self._need_release = True
+            raise
         if self.metrics is not None:
             self.metrics.claim_took(time.perf_counter() - t0)
         self._positions.taken(rows, n)
@@ -690,13 +712,14 @@ class Worker:
                 self._wake.set()
 
     def _call_args(self, r: _Running) -> tuple[list[Any], dict[str, Any]]:
-        args = serialization.decode(r.args)
-        kwargs = serialization.decode(r.kwargs)
+        args = _parse(r.args, "arguments (args)")
+        kwargs = _parse(r.kwargs, "keyword arguments (kwargs)")
         if r.inputs is not None:  # a workflow step: previous result(s) come first
-            if isinstance(r.inputs, dict) and "pgqueue_inputs_error" in r.inputs:
+            inputs = _parse(r.inputs, "workflow inputs")
+            if isinstance(inputs, dict) and "pgqueue_inputs_error" in inputs:
                 raise Discard("the workflow inputs of this step could not be read: "
-                              f"{r.inputs['pgqueue_inputs_error']}")
-            args = [*serialization.decode(r.inputs), *args]
+                              f"{inputs['pgqueue_inputs_error']}")
+            args = [*inputs, *args]
         if r.task is not None and r.task.pass_context:
             args = [r.ctx, *args]
         return args, kwargs
@@ -722,7 +745,7 @@ class Worker:
         with self.app.connection() as conn, conn.transaction():
             r.ctx.connection = conn
             result = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
-            payload = serialization.dumps(result, "result")
+            payload = _result_payload(result)
             with self._lock:
                 if r.abandoned:
                     raise _Abandoned()
@@ -776,7 +799,7 @@ class Worker:
             r.ctx.connection = conn
             coro = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
             result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
-            payload = serialization.dumps(result, "result")
+            payload = _result_payload(result)
             cur = await conn.execute(q("complete_one"), {
                 "worker_id": self.id, "id": r.id, "attempt": r.attempt, "result": payload})
             row = await cur.fetchone()
@@ -815,6 +838,10 @@ class Worker:
                 return
         if r.timed_out:
             self._record_failure(r, _timeout_error(r))
+            return
+        if isinstance(e, _Unstorable):
+            r.exc = e.exc
+            self._record_failure(r, _error_dict(e.exc), discard=True)
             return
         err = _error_dict(e)
         r.exc = e
@@ -1172,6 +1199,23 @@ def _timeout_error(r: _Running) -> dict[str, Any]:
 
 class _Abandoned(Exception):
     """Internal: the attempt's outcome was decided elsewhere; roll back and forget it."""
+
+
+class _Unstorable(Exception):
+    """Internal: a transactional task's result cannot be stored; its writes roll back and
+    the job is discarded (as for any task: the same result would fail every retry)."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+def _result_payload(result: Any) -> str:
+    """The stored form of a transactional task's result, or :class:`_Unstorable`."""
+    try:
+        return serialization.dumps(result, "result")
+    except Exception as e:  # noqa: BLE001 - every refusal is permanent
+        raise _Unstorable(e) from e
 
 
 _DONE = object()

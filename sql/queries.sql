@@ -50,11 +50,14 @@ select * from pgqueue.jobs where id = %(id)s;
 select state, result, errors from pgqueue.jobs where id = %(id)s;
 
 -- name: claim
-select id, queue, task, args, kwargs, attempt, max_attempts, priority, run_at,
+-- args, kwargs and inputs come back as JSON text, parsed per job when it starts: a
+-- document this worker cannot parse (written by SQL: an integer of more digits than
+-- Python converts, nesting deeper than its recursion limit) fails only its own job.
+select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priority, run_at,
        extract(epoch from timeout)::float8 as timeout,
        extract(epoch from started_at - run_at)::float8 as queue_latency, cancel_requested_at,
        -- workflow steps: their dependencies' results, read now (null for plain jobs)
-       case when inputs <> 'none' then pgqueue.job_inputs(id) end as inputs
+       case when inputs <> 'none' then pgqueue.job_inputs(id)::text end as inputs
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
                      %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[]);

@@ -177,6 +177,7 @@ def test_bad_input_refused_before_sql(app, dsn, call, error):
     ["--args", "[-Infinity]"],
     ["--args", "[1e999]"],
     ["--args", "[" + "9" * 5000 + "]"],
+    ["--args", "[" * 100_000 + "]" * 100_000],
     ["--args", '["' + "x" * (17 << 20) + '"]'],
 ])
 def test_cli_enqueue_bad_input(dsn, args):

@@ -28,6 +28,36 @@ def _sql_enqueue(conn: psycopg.Connection, task: str, args_json: str) -> int:
     return conn.execute("select pgqueue.enqueue(%s, %s::jsonb)", (task, args_json)).fetchone()[0]
 
 
+def test_a_job_whose_arguments_this_worker_cannot_read_fails_alone(app, conn, start_worker):
+    """Arguments written by SQL that Python cannot parse (an integer of 5,000 digits,
+    nesting 3,000 deep) discard their own job at attempt 1 with a message naming the
+    problem; the jobs claimed in the same batch run, and nothing stays running."""
+    @app.task(name="sql.echo")
+    def echo(*args):
+        return len(args)
+
+    huge = _sql_enqueue(conn, "sql.echo", "[" + "9" * 5000 + "]")
+    deep = _sql_enqueue(conn, "sql.echo", "[" + "[" * 3000 + "]" * 3000 + "]")
+    kw = conn.execute("select pgqueue.enqueue('sql.echo', kwargs => %s::jsonb)",
+                      ('{"n": ' + "7" * 5000 + "}",)).fetchone()[0]
+    fine = [_sql_enqueue(conn, "sql.echo", "[1, 2]") for _ in range(3)]
+    start_worker(app, concurrency=2, claim_batch=10)
+    wait_until(lambda: all(_state(conn, i)[0] in ("completed", "discarded")
+                           for i in (huge, deep, kw, *fine)), 10, message="all jobs finished")
+    state, attempt, message = _state(conn, huge)
+    assert (state, attempt) == ("discarded", 1)
+    assert "arguments (args) cannot be read" in message and "digits" in message
+    state, attempt, message = _state(conn, deep)
+    assert (state, attempt) == ("discarded", 1)
+    assert "nested too deeply" in message
+    state, attempt, message = _state(conn, kw)
+    assert (state, attempt) == ("discarded", 1)
+    assert "keyword arguments (kwargs) cannot be read" in message
+    assert [_state(conn, i)[:2] for i in fine] == [("completed", 1)] * 3
+    assert conn.execute("select count(*) from pgqueue.jobs "
+                        "where state = 'running'").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("run_at", ["infinity", "-infinity", "0001-01-01 00:00:00+14",
                                     "4000-01-01 BC", "10000-01-01 00:00:00+00"])
 def test_sql_enqueue_refuses_a_run_at_no_client_can_read(app, conn, start_worker, run_at):
@@ -125,3 +155,21 @@ def test_worker_records_its_stale_after(app, conn, start_worker):
     row = conn.execute("select extract(epoch from stale_after)::float8 from pgqueue.workers "
                        "where id = %s", (w.worker.id,)).fetchone()
     assert row == (7.5,)
+
+
+def test_transactional_task_with_an_unstorable_result_is_discarded_and_rolled_back(
+        app, conn, start_worker):
+    """Like a plain task's: the same result would fail every retry. Its writes roll back."""
+    conn.execute("create table ledger (job_id bigint)")
+
+    @app.task(name="sql.unstorable", transactional=True, max_attempts=5)
+    def unstorable(ctx):
+        ctx.connection.execute("insert into ledger values (%s)", (ctx.job_id,))
+        return {1, 2}   # a set: no JSON form
+
+    start_worker(app)
+    job = unstorable.enqueue()
+    wait_until(lambda: _state(conn, job.id)[0] == "discarded", 10, message="discarded")
+    state, attempt, message = _state(conn, job.id)
+    assert attempt == 1 and "not supported" in message
+    assert conn.execute("select count(*) from ledger").fetchone()[0] == 0
