@@ -199,7 +199,12 @@ def load_app(spec: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise click.BadParameter(f"cannot import {module_name!r}: {e}", param_hint="--app") from None
+        hint = ""
+        if getattr(e, "name", None) and module_name.split(".")[0] == e.name.split(".")[0]:
+            hint = (f" (looked in the current directory {os.getcwd()} and on sys.path; run "
+                    "from the directory that holds it or add that directory to PYTHONPATH)")
+        raise click.BadParameter(f"cannot import {module_name!r}: {e}{hint}",
+                                 param_hint="--app") from None
     obj: Any = module
     for part in (attr or "app").split("."):
         obj = getattr(obj, part, None)
@@ -641,18 +646,23 @@ def metrics(obj: Ctx, stale_after: float) -> None:
               help="Unhealthy when no worker heartbeated within this long (0s: skip the check).")
 @click.option("--max-job-age", default="5m", show_default=True, metavar="DURATION",
               help="Unhealthy when a due job of an active queue has waited longer (0s: skip).")
+@click.option("--max-unserved-age", default="1m", show_default=True, metavar="DURATION",
+              help="Unhealthy when a due job that no live worker runs (its task or queue "
+                   "unknown to every worker) has waited longer (0s: skip).")
 @click.option("-q", "--queue", "queues", multiple=True,
               help="Check only these queues and the workers serving them (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, queues: tuple[str, ...],
-          as_json: bool) -> None:
+def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: str,
+          queues: tuple[str, ...], as_json: bool) -> None:
     """Health check for probes and cron: exit 0 when healthy, else exit 1 with the
     reasons: database unreachable, schema not at this code's version, no worker
-    heartbeat within --max-heartbeat-age, or a due job waiting longer than --max-job-age
+    heartbeat within --max-heartbeat-age, a due job waiting longer than --max-job-age,
+    or a due job that no live worker runs waiting longer than --max-unserved-age
     (paused queues are not checked)."""
     hb_limit = parse_duration(max_heartbeat_age, "--max-heartbeat-age")
     age_limit = parse_duration(max_job_age, "--max-job-age")
+    unserved_limit = parse_duration(max_unserved_age, "--max-unserved-age")
     qs = list(queues) or None
     reasons: list[str] = []
     report: dict[str, Any] = {"schema_version": None,
@@ -688,6 +698,16 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, queues: tuple[str,
                         if age > age_limit:
                             reasons.append(f"queue {queue}: a due job has waited {age:.0f} s "
                                            f"(limit {age_limit:g} s)")
+                if unserved_limit > 0:
+                    rows = conn.execute(q("check_unserved"),
+                                        {"queues": qs, "limit": unserved_limit}).fetchall()
+                    report["unserved"] = [{"queue": qn, "task": t, "jobs": n, "age_seconds": a}
+                                          for qn, t, n, a in rows]
+                    for queue, task, n, age in rows:
+                        reasons.append(f"queue {queue}: {n} due job(s) of task {task} that no "
+                                       f"live worker runs, oldest waiting {age:.0f} s (limit "
+                                       f"{unserved_limit:g} s); start a worker whose app "
+                                       "registers that task and claims that queue")
             except psycopg.Error as e:
                 if not any(r.startswith("schema:") for r in reasons):
                     reasons.append(f"database: {str(e).strip()}")

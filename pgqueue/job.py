@@ -194,7 +194,8 @@ class Job:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         raise ResultTimeout(f"job {self.id} did not finish within {timeout} s "
-                                            f"(state {row[0] if row else 'not visible'})")
+                                            f"(state {row[0] if row else 'not visible'})"
+                                            + _no_worker_hint(conn, self.id, row))
                 me = str(self.id)
                 end = time.monotonic() + wait
                 for n in conn.notifies(timeout=wait):
@@ -208,3 +209,17 @@ def unique_held_message(e: psycopg.errors.UniqueViolation) -> str:
     """The server's message of a retry refused by the unique index, with its hint."""
     d = e.diag
     return f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "")
+
+
+def _no_worker_hint(conn: psycopg.Connection, job_id: int, row: Any) -> str:
+    """A waiting job that no live worker can claim: say so, for the timeout message."""
+    if row is None or row[0] not in ("available", "scheduled", "retryable"):
+        return ""
+    try:
+        task, queue, served = conn.execute(q("job_workers"), {"id": job_id}).fetchone()
+    except (psycopg.Error, TypeError):
+        return ""
+    if served:
+        return ""
+    return (f"; no live worker runs task {task!r} from queue {queue!r}: start one whose "
+            "app registers that task (pgqueue worker --app MODULE) and claims that queue")

@@ -46,6 +46,17 @@ truncate pg_temp.pgqueue_bulk_stage;
 -- Every column, so `jobs show` and Job.row follow the table as migrations add columns.
 select * from pgqueue.jobs where id = %(id)s;
 
+-- name: job_workers
+-- For a job still waiting: its task and queue, and whether a live worker (by its own
+-- stale_after, else 10 s) claims that task from that queue.
+select j.task, j.queue,
+       exists (select 1 from pgqueue.workers w
+                where w.heartbeat_at > now() - coalesce(w.stale_after, interval '10 seconds')
+                  and (w.queues is null or j.queue = any(w.queues))
+                  and j.task = any(w.tasks))
+  from pgqueue.jobs j
+ where j.id = %(id)s;
+
 -- name: job_state
 select state, result, errors from pgqueue.jobs where id = %(id)s;
 
@@ -187,6 +198,23 @@ select id, state, held_by from pgqueue.retry_discarded(%(queue)s, %(task)s);
 select extract(epoch from now() - max(w.heartbeat_at))::float8
   from pgqueue.workers w
  where %(queues)s::text[] is null or w.queues is null or w.queues && %(queues)s::text[];
+
+-- name: check_unserved
+-- Per active queue and task: due jobs that no live worker (by its own stale_after, else
+-- 10 s) claims, when the oldest has waited longer than the limit.
+select j.queue, j.task, count(*) as jobs,
+       extract(epoch from now() - min(j.run_at))::float8 as age
+  from pgqueue.jobs j
+ where j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
+   and (%(queues)s::text[] is null or j.queue = any(%(queues)s::text[]))
+   and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
+ group by j.queue, j.task
+having min(j.run_at) < now() - make_interval(secs => %(limit)s::float8)
+   and not exists (select 1 from pgqueue.workers w
+                    where w.heartbeat_at > now() - coalesce(w.stale_after, interval '10 seconds')
+                      and (w.queues is null or j.queue = any(w.queues))
+                      and j.task = any(w.tasks))
+ order by age desc;
 
 -- name: check_oldest
 -- Per active (not paused) queue: seconds since its oldest due, unclaimed job became due.

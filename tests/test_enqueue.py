@@ -172,3 +172,25 @@ def test_job_handle_result_waits_without_polling(app, add, start_worker, conn):
     assert job.result(timeout=10) == 42
     assert time.monotonic() - t0 < 5
     wait_until(lambda: job.refresh().state == "completed")
+
+
+def test_result_timeout_says_when_no_live_worker_runs_the_task(app, add, start_worker, conn):
+    """A newcomer's producer timed out with only "(state available)"; the message now
+    names the task and queue that no live worker claims, and stays silent otherwise."""
+    other = pgqueue.App(app.conninfo)
+    other.task(lambda: None, name="t.unrelated")
+    start_worker(other)                      # alive, but does not know add's task
+    job = add.enqueue(1, 2)
+    with pytest.raises(pgqueue.ResultTimeout, match=r"no live worker runs task 't\.add' "
+                                                    r"from queue 'default'"):
+        job.result(timeout=0.5)
+    start_worker(app, queues=["elsewhere"])  # knows the task, not the queue
+    with pytest.raises(pgqueue.ResultTimeout, match="no live worker runs task"):
+        job.result(timeout=0.5)
+    later = add.using(delay=60).enqueue(1, 2)
+    start_worker(app)
+    with pytest.raises(pgqueue.ResultTimeout) as e:
+        later.result(timeout=0.5)
+    assert "no live worker" not in str(e.value) and "state scheduled" in str(e.value)
+    assert job.result(timeout=10) == 3
+    other.close()

@@ -540,6 +540,23 @@ def test_check_passes_when_healthy_and_fails_for_each_reason(dsn, conn):
     cli_json(dsn, "queues", "resume", "other")
     assert cli(dsn, "check").exit_code == 1
 
+    # A due job that no live worker runs (its task unknown to every worker), waiting
+    # past --max-unserved-age though well within --max-job-age.
+    conn.execute("delete from pgqueue.jobs")
+    assert cli(dsn, "check").exit_code == 0
+    orphan = sql_enqueue(conn, "t.nobody", "other", [])
+    conn.execute("update pgqueue.jobs set run_at = now() - interval '2 minutes' where id = %s",
+                 (orphan,))
+    res = cli(dsn, "check", "--json")
+    assert res.exit_code == 1
+    report = json.loads(res.stdout)
+    assert report["ok"] is False and len(report["reasons"]) == 1
+    assert "1 due job(s) of task t.nobody that no live worker runs" in report["reasons"][0]
+    assert report["unserved"][0]["queue"] == "other" and report["unserved"][0]["jobs"] == 1
+    assert cli(dsn, "check", "--max-unserved-age", "5m").exit_code == 0
+    conn.execute("update pgqueue.workers set tasks = array['t', 't.nobody']")
+    assert cli(dsn, "check").exit_code == 0
+
     # Schema behind the code.
     conn.execute("delete from pgqueue.jobs")
     assert cli(dsn, "check").exit_code == 0
