@@ -612,9 +612,10 @@ class Worker:
         def work(conn: psycopg.Connection) -> list[tuple]:
             if self._need_release:
                 with self._lock:
-                    known = list(self._running)
-                released = conn.execute(q("release_unknown"),
-                                        {"worker_id": self.id, "known": known}).fetchall()
+                    known = [(r.id, r.attempt) for r in self._running.values()]
+                released = conn.execute(q("release_unknown"), {
+                    "worker_id": self.id, "known": [i for i, _ in known],
+                    "known_attempts": [a for _, a in known]}).fetchall()
                 if released:
                     log.warning("released %d jobs whose claim reply was lost", len(released))
                 self._need_release = False
@@ -714,6 +715,10 @@ class Worker:
     def _call_args(self, r: _Running) -> tuple[list[Any], dict[str, Any]]:
         args = _parse(r.args, "arguments (args)")
         kwargs = _parse(r.kwargs, "keyword arguments (kwargs)")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            # only a direct insert can store these (pgqueue.enqueue refuses them)
+            raise Discard("the job's args must be a JSON array and its kwargs a JSON "
+                          f"object, got {type(args).__name__} and {type(kwargs).__name__}")
         if r.inputs is not None:  # a workflow step: previous result(s) come first
             inputs = _parse(r.inputs, "workflow inputs")
             if isinstance(inputs, dict) and "pgqueue_inputs_error" in inputs:

@@ -102,7 +102,7 @@ select pgqueue.heartbeat(%(worker_id)s, %(name)s, %(hostname)s, %(pid)s, %(queue
 select id, state from pgqueue.rescue(make_interval(secs => %(stale_after)s::float8));
 
 -- name: release_unknown
-select pgqueue.release_unknown(%(worker_id)s, %(known)s);
+select pgqueue.release_unknown(%(worker_id)s, %(known)s, %(known_attempts)s);
 
 -- name: worker_delete
 delete from pgqueue.workers where id = %(worker_id)s;

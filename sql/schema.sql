@@ -1955,6 +1955,16 @@ comment on function pgqueue.retry_discarded is 'Retry every discarded job (of on
 -- with a short one rescued the running jobs of a live peer with a longer one. Each
 -- worker now records its own in pgqueue.workers, and rescue and the queue statistics
 -- use the owner's value (the caller's for rows of workers that record none).
+--
+-- attempt: a row inserted directly with a negative attempt (or one at the integer's
+-- limit) failed the whole claim statement that took it, so no worker could claim
+-- anything in any queue. A constraint keeps attempt at 0 or more and below the limit.
+--
+-- release_unknown: after a lost claim reply a worker hands back the running jobs it
+-- owns but does not know. It matched them by id only, so a job it still tracked from an
+-- older attempt (rescued by a peer while its thread ran on, then claimed again in the
+-- lost reply) was kept, and stayed running under a live worker that never started it.
+-- It now matches (id, attempt).
 
 ------------------------------------------------------------------------------
 -- next_due: also the jobs that became due a moment ago
@@ -1963,15 +1973,29 @@ comment on function pgqueue.retry_discarded is 'Retry every discarded job (of on
 create or replace function pgqueue.next_due(queues text[], tasks text[])
 returns double precision
 language sql stable set search_path = pg_catalog, pgqueue as $$
-    select extract(epoch from min(j.run_at) - now())::double precision
-      from pgqueue.jobs j
-     where j.state in ('scheduled', 'retryable')
-       and j.run_at > now() - interval '2 seconds'
-       and (next_due.queues is null or j.queue = any(next_due.queues))
-       and (next_due.tasks is null or j.task = any(next_due.tasks))
-       and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
+    select least(
+        -- the next due time; negative for a job that became due in the last 2 s
+        (select extract(epoch from min(j.run_at) - now())::double precision
+           from pgqueue.jobs j
+          where j.state in ('scheduled', 'retryable')
+            and j.run_at > now() - interval '2 seconds'
+            and (next_due.queues is null or j.queue = any(next_due.queues))
+            and (next_due.tasks is null or j.task = any(next_due.tasks))
+            and not exists (select 1 from pgqueue.queues q
+                             where q.name = j.queue and q.paused)),
+        -- a job due for 2 to 60 s that still waits: another transaction held its row
+        -- while the claim passed it; look again in a second
+        (select 1.0::double precision
+          where exists (select 1 from pgqueue.jobs j
+                         where j.state in ('scheduled', 'retryable')
+                           and j.run_at > now() - interval '60 seconds'
+                           and j.run_at <= now() - interval '2 seconds'
+                           and (next_due.queues is null or j.queue = any(next_due.queues))
+                           and (next_due.tasks is null or j.task = any(next_due.tasks))
+                           and not exists (select 1 from pgqueue.queues q
+                                            where q.name = j.queue and q.paused))))
 $$;
-comment on function pgqueue.next_due is 'Seconds until the earliest scheduled or retryable job becomes due; negative for one that became due within the last 2 s and still waits (claim again now); null if none';
+comment on function pgqueue.next_due is 'Seconds until the earliest scheduled or retryable job becomes due; negative for one that became due within the last 2 s and still waits (claim again now); at most 1 while one due for 2 to 60 s still waits (its row was held by another transaction); null if none';
 
 ------------------------------------------------------------------------------
 -- run_at: finite, and readable by every client
@@ -2119,6 +2143,51 @@ begin
      where w.heartbeat_at < now() - coalesce(w.stale_after, rescue.stale_after) * 10;
 end $$;
 comment on function pgqueue.rescue is 'Requeue (or discard, by attempts) running jobs whose worker is dead (silent for longer than its own stale_after, else the given one) or gone; any live worker may call it';
+
+------------------------------------------------------------------------------
+-- attempt: never a value the claim's attempt + 1 cannot take
+------------------------------------------------------------------------------
+
+alter table pgqueue.jobs add constraint jobs_attempt_in_range
+    check (attempt >= 0 and attempt < 2147483647);
+
+------------------------------------------------------------------------------
+-- release_unknown: by (id, attempt)
+------------------------------------------------------------------------------
+
+drop function pgqueue.release_unknown(uuid, bigint[]);
+
+create function pgqueue.release_unknown(worker_id uuid, known bigint[],
+                                        known_attempts integer[] default null)
+returns setof bigint
+language sql volatile set search_path = pg_catalog, pgqueue as $$
+    -- After a lost claim connection: jobs this worker owns but never received. Never
+    -- started, so the attempt does not count; a job asked to cancel meanwhile is.
+    -- known_attempts (parallel to known) names the attempt the worker runs; without it
+    -- a known id matches any attempt.
+    with back as (
+    update pgqueue.jobs j
+       set state = case when j.cancel_requested_at is not null then 'cancelled'
+                        else 'available' end,
+           run_at = least(j.run_at, now()),
+           attempt = j.attempt - 1,
+           finished_at = case when j.cancel_requested_at is not null then now() end,
+           worker_id = null
+     where j.worker_id = release_unknown.worker_id
+       and j.state = 'running'
+       and not exists (
+           select 1 from unnest(release_unknown.known, release_unknown.known_attempts)
+                         as k(id, attempt)
+            where k.id = j.id and (k.attempt is null or k.attempt = j.attempt))
+    returning j.id, j.queue, j.state
+)
+select b.id from back b
+ where (select count(pg_notify('pgqueue_jobs', q.queue))
+          from (select distinct queue from back where state = 'available') q) >= 0
+   and (select count(pg_notify('pgqueue_done', c.id::text))
+          from back c where c.state = 'cancelled') >= 0
+$$;
+comment on function pgqueue.release_unknown is 'Hand back running jobs owned by a worker that never received them (a claim whose reply was lost): those not in known (with the attempt in known_attempts, when given); a job asked to cancel becomes cancelled';
 
 insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'),
     (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'),

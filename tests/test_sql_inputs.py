@@ -36,6 +36,12 @@ def test_a_job_whose_arguments_this_worker_cannot_read_fails_alone(app, conn, st
     def echo(*args):
         return len(args)
 
+    # only a direct insert can store args that are not an array: they were passed one
+    # character (or key) per positional argument, or retried 20 times
+    shapes = [conn.execute("insert into pgqueue.jobs (task, args, kwargs) values "
+                           "('sql.echo', %s::jsonb, %s::jsonb) returning id",
+                           (a, k)).fetchone()[0]
+              for a, k in (('"abc"', "{}"), ('{"a": 1}', "{}"), ("[]", "[1]"))]
     huge = _sql_enqueue(conn, "sql.echo", "[" + "9" * 5000 + "]")
     deep = _sql_enqueue(conn, "sql.echo", "[" + "[" * 3000 + "]" * 3000 + "]")
     kw = conn.execute("select pgqueue.enqueue('sql.echo', kwargs => %s::jsonb)",
@@ -43,7 +49,8 @@ def test_a_job_whose_arguments_this_worker_cannot_read_fails_alone(app, conn, st
     fine = [_sql_enqueue(conn, "sql.echo", "[1, 2]") for _ in range(3)]
     start_worker(app, concurrency=2, claim_batch=10)
     wait_until(lambda: all(_state(conn, i)[0] in ("completed", "discarded")
-                           for i in (huge, deep, kw, *fine)), 10, message="all jobs finished")
+                           for i in (huge, deep, kw, *fine, *shapes)), 10,
+               message="all jobs finished")
     state, attempt, message = _state(conn, huge)
     assert (state, attempt) == ("discarded", 1)
     assert "arguments (args) cannot be read" in message and "digits" in message
@@ -54,6 +61,9 @@ def test_a_job_whose_arguments_this_worker_cannot_read_fails_alone(app, conn, st
     assert (state, attempt) == ("discarded", 1)
     assert "keyword arguments (kwargs) cannot be read" in message
     assert [_state(conn, i)[:2] for i in fine] == [("completed", 1)] * 3
+    for i in shapes:
+        state, attempt, message = _state(conn, i)
+        assert (state, attempt) == ("discarded", 1) and "must be a JSON array" in message
     assert conn.execute("select count(*) from pgqueue.jobs "
                         "where state = 'running'").fetchone()[0] == 0
 
@@ -81,8 +91,8 @@ def test_sql_enqueue_refuses_a_run_at_no_client_can_read(app, conn, start_worker
 
 
 def test_migration_moves_unreadable_run_ats_to_the_edge_of_the_range(empty_dsn):
-    """Rows stored before the constraint existed: '-infinity' becomes the earliest time
-    (the job still runs first), 'infinity' the latest (it still waits)."""
+    """Rows stored before the constraints existed: '-infinity' becomes the earliest time
+    (the job still runs first), 'infinity' the latest (it still waits), attempt -1 0."""
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate.apply(conn, target=5)
         early, late, normal = (conn.execute(
@@ -90,7 +100,10 @@ def test_migration_moves_unreadable_run_ats_to_the_edge_of_the_range(empty_dsn):
             "%s) returning id", (r, s)).fetchone()[0]
             for r, s in (("-infinity", "available"), ("infinity", "scheduled"),
                          ("2026-12-06 10:00+00", "available")))
+        conn.execute("update pgqueue.jobs set attempt = -1 where id = %s", (normal,))
         migrate.apply(conn)
+        assert conn.execute("select attempt from pgqueue.jobs where id = %s",
+                            (normal,)).fetchone() == (0,)
         got = dict(conn.execute("select id, to_char(run_at at time zone 'UTC', "
                                 "'YYYY-MM-DD HH24:MI:SS') from pgqueue.jobs").fetchall())
         assert got == {early: "0001-01-02 00:00:00", late: "9999-12-30 23:59:59",
@@ -108,13 +121,75 @@ def test_next_due_reports_a_job_that_became_due_after_the_claim(conn):
     due = conn.execute("select pgqueue.next_due(null, null)").fetchone()[0]
     assert due is not None and -0.5 < due < 0
     assert conn.execute("select pgqueue.next_due(null, array['t.other'])").fetchone()[0] is None
-    # one due long ago is the claim's to find, not a reason to wake (it may be held by
-    # another claimer): next_due looks back 2 s only
+    # due for 10 s and still waiting: another transaction held its row while claims
+    # passed it (no notification comes when that lock goes), so look again in a second
     conn.execute("update pgqueue.jobs set run_at = now() - interval '10 seconds'")
+    assert conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] == 1.0
+    # due for minutes: not a reason to wake every second; the poll finds it
+    conn.execute("update pgqueue.jobs set run_at = now() - interval '5 minutes'")
     assert conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] is None
     conn.execute("insert into pgqueue.jobs (task, state, run_at) "
                  "values ('t.a', 'retryable', now() + interval '30 seconds')")
     assert 29 < conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] <= 30
+    conn.execute("insert into pgqueue.jobs (task, state, run_at) "
+                 "values ('t.a', 'scheduled', now() - interval '20 seconds')")
+    assert conn.execute("select pgqueue.next_due(null, null)").fetchone()[0] == 1.0
+
+
+def test_a_due_job_whose_row_was_held_is_claimed_within_seconds(app, conn, dsn, start_worker):
+    """A transaction held a scheduled job's row past its due time (an operator's
+    `update ... set timeout` left open): the worker's claim skipped it and, with nothing
+    to announce the lock's release, the job waited for the poll (60 s here)."""
+    @app.task(name="sql.held")
+    def held():
+        return "ran"
+
+    start_worker(app, poll_interval=60)
+    job = held.using(delay=0.5).enqueue()
+    with psycopg.connect(dsn) as tx:
+        tx.execute("select 1 from pgqueue.jobs where id = %s for update", (job.id,))
+        wait_until(lambda: conn.execute("select run_at < now() - interval '2.5 seconds' "
+                                        "from pgqueue.jobs where id = %s",
+                                        (job.id,)).fetchone()[0], 10, 0.05,
+                   "the job due for 2.5 s while its row is held")
+    assert job.result(timeout=10) == "ran"
+    late = conn.execute("select extract(epoch from started_at - run_at) from pgqueue.jobs "
+                        "where id = %s", (job.id,)).fetchone()[0]
+    print(f"\nheld row: started {float(late):.2f} s after its run_at")
+    assert _state(conn, job.id)[:2] == ("completed", 1)
+
+
+def test_a_direct_insert_cannot_set_an_attempt_the_claim_cannot_advance(app, conn, start_worker):
+    """attempt -1 (or the integer's limit) failed the claim statement that took the row:
+    no worker claimed anything in any queue, every second a traceback."""
+    @app.task(name="sql.fine")
+    def fine():
+        return "ran"
+
+    for attempt in (-1, 2147483647):
+        with pytest.raises(psycopg.errors.CheckViolation, match="jobs_attempt_in_range"):
+            conn.execute("insert into pgqueue.jobs (task, queue, attempt) "
+                         "values ('sql.fine', 'poison', %s)", (attempt,))
+    start_worker(app)
+    assert fine.enqueue().result(timeout=10) == "ran"
+
+
+def test_release_after_a_lost_reply_matches_the_attempt_not_just_the_id(conn):
+    """A worker still tracking attempt 1 of a job (its thread ran on after a peer rescued
+    it) lost the reply of the claim that took attempt 2: matched by id alone, attempt 2
+    was kept and stayed running under a live worker that never started it."""
+    wid = str(uuid.uuid4())
+    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt) "
+                       "values ('t.a', 'running', %s, now(), 2) returning id",
+                       (wid,)).fetchone()[0]
+    kept = conn.execute("select pgqueue.release_unknown(%s, %s, %s)",
+                        (wid, [job], [2])).fetchall()
+    assert kept == [] and _state(conn, job)[:2] == ("running", 2)
+    # without attempts, a known id still matches any attempt (callers of version 5)
+    assert conn.execute("select pgqueue.release_unknown(%s, %s)", (wid, [job])).fetchall() == []
+    released = conn.execute("select pgqueue.release_unknown(%s, %s, %s)",
+                            (wid, [job], [1])).fetchall()
+    assert released == [(job,)] and _state(conn, job)[:2] == ("available", 1)
 
 
 def _peer(conn: psycopg.Connection, stale_after: str | None, silent_for: str) -> tuple[str, int]:
