@@ -141,6 +141,15 @@ class _Group(click.Group):
             raise click.ClickException(f"database error: {str(e).strip()}\n"
                                        "Check --dsn / PGQUEUE_DSN and that the server is up."
                                        ) from None
+        except UnicodeEncodeError as e:
+            # argv bytes that are not UTF-8 arrive as lone surrogates, which no database
+            # text can hold
+            raise click.UsageError(
+                f"an argument is not valid UTF-8 (at {e.object[e.start:e.end]!r}); pass "
+                "names and values as UTF-8 text", ctx) from None
+        except psycopg.errors.NumericValueOutOfRange as e:
+            raise click.UsageError(f"a number is out of range: {str(e).strip()}",
+                                   ctx) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -317,7 +326,7 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767),
               help="Higher runs first.")
 @click.option("--delay", default=None, type=SECONDS, help="Seconds from now (database clock).")
-@click.option("--max-attempts", default=None, type=click.IntRange(1),
+@click.option("--max-attempts", default=None, type=click.IntRange(1, 2**31 - 2),
               help="Attempts before the job is discarded (20 when not given).")
 @click.option("--unique-key", default=None,
               help="At most one unfinished job per key, across all tasks and queues; if one "
@@ -408,7 +417,7 @@ STATES = ["pending", "scheduled", "available", "running", "retryable", "complete
 @click.option("--task", default=None, help="Only jobs of this task name.")
 @click.option("--since", default=None, metavar="DURATION",
               help="Only jobs enqueued within this long: 30s, 15m, 12h, 7d.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1),
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 2**62),
               help="Most jobs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
 @pass_ctx
@@ -525,7 +534,7 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
-@click.option("--stale-after", default=10.0, show_default=True,
+@click.option("--stale-after", default=10.0, show_default=True, type=SECONDS,
               help="Seconds without heartbeat after which a worker counts as dead, for "
                    "workers that did not record their own --stale-after.")
 @click.pass_context
@@ -545,6 +554,9 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
 
 
 def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
+    if not 1 <= len(name) <= 128:
+        raise click.BadParameter(f"a queue name has 1 to 128 characters, got {len(name)}",
+                                 param_hint="NAME")
     with obj.connect() as conn, conn.transaction():
         conn.execute(q("queue_pause"), {"name": name, "paused": paused})
         if not paused:   # wake the workers now rather than at their next poll

@@ -377,3 +377,26 @@ def test_workflow_tree_shortens_a_long_list_of_dependencies():
     out = render(workflow, [*members, callback])
     (line,) = [x for x in out.splitlines() if "#101 cb" in x]
     assert line.endswith("waiting for 100, also after #2, #3, #4, ... #100 (99 in all)")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["jobs", "list", "--limit", "99999999999999999999"], "range"),
+    (["enqueue", "atk.noop", "--max-attempts", "99999999999"], "range"),
+    (["queues", "--stale-after", "nan"], "not a duration"),
+    (["queues", "--stale-after", "-1"], "not a duration"),
+    (["queues", "pause", "q" * 8000], "1 to 128 characters"),
+    (["jobs", "list", "--queue", "bad\udcffname"], "not valid UTF-8"),
+    (["jobs", "list", "--task", "\udcff"], "not valid UTF-8"),
+    (["queues", "pause", "\udcff"], "not valid UTF-8"),
+])
+def test_cli_hostile_values_get_a_usage_error_not_a_traceback(dsn, argv, says):
+    """Found by an attack run: each of these printed a traceback (an int8 overflow, an
+    int4 overflow reported as a missing schema, NaN seconds, non-UTF-8 argv bytes, a
+    queue that could be paused but never resumed)."""
+    res = CliRunner().invoke(main, ["--dsn", dsn, *argv])
+    assert res.exit_code == 2, res.output
+    assert says in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 0
+        assert c.execute("select count(*) from pgqueue.queues").fetchone()[0] == 0
