@@ -13,7 +13,8 @@ Jobs can land behind a position. The server announces the ones it can see on the
 :meth:`ClaimPositions.forget` drops the queue's positions. The rest (a transaction
 that inserts, then stays open for over a second before it commits; rows another
 session held locked while a claim passed them) is caught by the position-free claim
-that :meth:`ClaimPositions.params` asks for at least every ``refresh`` seconds.
+that :meth:`ClaimPositions.params` asks for every ``refresh`` seconds, or further apart
+when one takes long (at most 2 % of the claimer's time, and at least every 15 s).
 
 Thread-safe: the claim loop calls :meth:`params` and :meth:`update`, the listener
 thread :meth:`forget`.
@@ -46,9 +47,19 @@ class ClaimPositions:
         which hear no ``pgqueue_requeued`` notifications).
     """
 
+    #: A position-free claim may take at most this share of the claimer's time: while
+    #: dead index entries pile up behind an old snapshot each one reads more of them
+    #: (about 100 ms at 100,000 entries), so they are spaced out to ``took / share``
+    #: seconds apart, never more than :attr:`max_refresh`.
+    share = 0.02
+    #: Longest spacing of position-free claims (seconds).
+    max_refresh = 15.0
+
     def __init__(self, refresh: float = 1.0, enabled: bool = True):
         self.refresh = refresh
         self.enabled = enabled
+        self._issued_full = False        # the last params() asked for a position-free claim
+        self._issued_at = 0.0
         self._lock = threading.Lock()
         self._by_queue: dict[str, dict[int, tuple[datetime, int]]] = {}
         #: priority levels this claimer has taken jobs from, per queue (kept by forget)
@@ -68,11 +79,14 @@ class ClaimPositions:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._issued_epoch = self._epoch
+            self._issued_at = now
             if not self.enabled or not self._by_queue or now >= self._full_at:
                 self._heard.clear()
                 self._full_at = now + self.refresh
                 self._since_full = False
+                self._issued_full = True
                 return dict(_NONE)
+            self._issued_full = False
             self._since_full = True
             queues, prios, run_ats, ids = [], [], [], []
             for queue, levels in self._by_queue.items():
@@ -119,11 +133,23 @@ class ClaimPositions:
                 if prio in self._levels.get(queue, ()):
                     self._by_queue.setdefault(queue, {})[prio] = pos
 
-    def taken(self, rows: list[tuple], batch: int) -> None:
+    def taken(self, rows: list[tuple], batch: int, took: float | None = None) -> None:
         """:meth:`update` from the rows of the ``claim`` query of ``sql/queries.sql``
         (``id, queue, task, args, kwargs, attempt, max_attempts, priority, run_at``...)
-        that asked for ``batch`` jobs."""
+        that asked for ``batch`` jobs; ``took``: the claim's duration in seconds."""
+        if took is not None:
+            self.claim_took(took)
         self.update(((r[1], r[7], r[8], r[0]) for r in rows), exhausted=len(rows) < batch)
+
+    def claim_took(self, seconds: float) -> None:
+        """The claim issued with the last :meth:`params` took ``seconds``: when it was
+        position-free, the next one comes ``max(refresh, seconds / share)`` seconds after
+        it (at most :attr:`max_refresh`), so position-free claims never cost more than
+        ``share`` of the time, however many dead entries they read."""
+        with self._lock:
+            if self._issued_full:
+                spacing = min(self.max_refresh, max(self.refresh, seconds / self.share))
+                self._full_at = max(self._full_at, self._issued_at + spacing)
 
     def heard(self, queue: str) -> None:
         """A notification named ``queue``: :meth:`queues` includes it until the next

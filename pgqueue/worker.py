@@ -642,9 +642,10 @@ class Worker:
             # them running under a live worker that never started them.
             self._need_release = True
             raise
+        took = time.perf_counter() - t0
         if self.metrics is not None:
-            self.metrics.claim_took(time.perf_counter() - t0)
-        self._positions.taken(rows, n)
+            self.metrics.claim_took(took)
+        self._positions.taken(rows, n, took)
         for row in rows:
             self._dispatch(row)
         self.stats["claimed"] += len(rows)

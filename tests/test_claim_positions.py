@@ -270,3 +270,26 @@ def test_a_handed_back_job_keeps_its_place_ahead_of_newer_jobs(dsn, capp, spawn_
         overtaken = _overtaken(dsn, handed, first.id)
     print(f"\nhand-back: {overtaken} newer stream jobs claimed before the handed-back job")
     assert overtaken <= 1
+
+
+def test_slow_position_free_claims_are_spaced_out_to_a_share_of_the_time():
+    """A soak with an old snapshot held: each worker's once-a-second claim from the start
+    read every dead entry (about 100 ms at 100,000), and four workers doing that
+    throttled the whole queue (500 jobs/s offered, 200/s done). The spacing now grows
+    with the cost: at most 2 % of the time, at least one every 15 s."""
+    from datetime import datetime, timezone
+    p = ClaimPositions(refresh=1.0)
+    row = (1, "q", "t", "[]", "{}", 1, 20, 0, datetime(2026, 12, 6, tzinfo=timezone.utc))
+
+    def full_at(now: float) -> bool:
+        return p.params(now=now)["position_queues"] is None
+
+    assert full_at(0.0)                 # no position yet
+    p.taken([row], 1, took=0.005)       # fast: the next one a second later
+    assert not full_at(0.5) and full_at(1.0)
+    p.taken([row], 1, took=0.1)         # 100 ms: 5 s later
+    assert not full_at(5.9)
+    p.taken([row], 1, took=2.0)         # a slow claim from positions changes nothing
+    assert full_at(6.0)
+    p.taken([row], 1, took=5.0)         # capped at 15 s
+    assert not full_at(20.9) and full_at(21.0)
