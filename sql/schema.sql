@@ -2300,7 +2300,6 @@ begin
            and p.run_at is not null and p.id is not null
     ),
     candidates as (
-        select array_agg(c.id) as ids from (
         select c.id
           from unnest(v_queues) as qn(name)
          cross join lateral (
@@ -2315,7 +2314,7 @@ begin
          cross join lateral pgqueue.claim_candidates(qn.name, claim.tasks, claim.batch,
                                                      lv.levels, lv.run_ats, lv.ids) c
          order by c.priority desc, c.run_at, c.id
-         limit claim.batch) c
+         limit claim.batch
     )
     update pgqueue.jobs j
        set state = 'running',
@@ -2323,7 +2322,7 @@ begin
            started_at = now(),
            worker_id = claim.worker_id,
            cancel_requested_at = null
-     where j.id = any((select c.ids from candidates c))
+     where j.id = any(array(select c.id from candidates c))
     returning j.*;
 end $$;
 comment on function pgqueue.claim is 'Claim up to batch due jobs (priority desc, run_at, id), marking them running with a new attempt token, committed by the caller''s statement; optional positions (parallel arrays: queue, priority, run_at, id of the first job last claimed at that level) let the read skip what earlier claims passed';
