@@ -554,9 +554,11 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
 
 
 def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
-    if not 1 <= len(name) <= 128:
-        raise click.BadParameter(f"a queue name has 1 to 128 characters, got {len(name)}",
-                                 param_hint="NAME")
+    from .app import _validate_options
+    try:
+        _validate_options(queue=name)   # the rules of an enqueued job's queue
+    except PgQueueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
     with obj.connect() as conn, conn.transaction():
         conn.execute(q("queue_pause"), {"name": name, "paused": paused})
         if not paused:   # wake the workers now rather than at their next poll

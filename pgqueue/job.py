@@ -216,10 +216,11 @@ def _no_worker_hint(conn: psycopg.Connection, job_id: int, row: Any) -> str:
     if row is None or row[0] not in ("available", "scheduled", "retryable"):
         return ""
     try:
-        task, queue, served = conn.execute(q("job_workers"), {"id": job_id}).fetchone()
-    except (psycopg.Error, TypeError):
+        found = conn.execute(q("job_workers"), {"id": job_id}).fetchone()
+    except psycopg.Error:
         return ""
-    if served:
+    if found is None or found[2]:
         return ""
+    task, queue, _ = found
     return (f"; no live worker runs task {task!r} from queue {queue!r}: start one whose "
             "app registers that task (pgqueue worker --app MODULE) and claims that queue")

@@ -9,12 +9,15 @@ where they are decided.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from pgqueue import migrate
+from pgqueue.cli import main
 
 from .conftest import wait_until
 
@@ -205,7 +208,7 @@ def _peer(conn: psycopg.Connection, stale_after: str | None, silent_for: str) ->
     return wid, job
 
 
-def test_each_worker_is_judged_dead_by_its_own_stale_after(conn):
+def test_each_worker_is_judged_dead_by_its_own_stale_after(conn, dsn):
     """Before, a worker with stale_after 3 s rescued the running job of a live peer that
     heartbeats every 10 s with stale_after 30 s: the job ran twice. Rescue now reads
     the owner's recorded stale_after (the caller's for a worker that recorded none)."""
@@ -218,10 +221,11 @@ def test_each_worker_is_judged_dead_by_its_own_stale_after(conn):
     assert rescued == {slow_dead: "available", fast_dead: "available",
                        old_style: "available"}
     assert _state(conn, slow_alive)[0] == "running"
-    alive = conn.execute(
-        "select count(*) from pgqueue.workers where heartbeat_at > now() - "
-        "coalesce(stale_after, interval '3 seconds')").fetchone()[0]
-    assert alive == 1
+    # `pgqueue workers` judges each by its own setting too (the option: the rest)
+    res = CliRunner().invoke(main, ["--dsn", dsn, "workers", "--all", "--json",
+                                    "--stale-after", "3"])
+    assert res.exit_code == 0, res.output
+    assert sorted(w["alive"] for w in json.loads(res.stdout)) == [False, False, False, True]
 
 
 def test_worker_records_its_stale_after(app, conn, start_worker):
