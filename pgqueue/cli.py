@@ -246,8 +246,8 @@ def load_app(spec: str) -> App:
               help="Seconds to wait for `pgqueue migrate` before refusing an outdated schema.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (needs pgqueue[metrics]).")
-@click.option("--metrics-host", default="0.0.0.0", show_default=True,
-              help="Address the metrics server binds.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics server binds (0.0.0.0: every interface).")
 @click.option("--metrics-interval", default=15.0, show_default=True, type=Duration(min=0.1),
               help="Seconds between refreshes of the database-derived metrics.")
 @click.option("--retention", default="7d", show_default=True, metavar="DURATION",

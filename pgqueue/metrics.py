@@ -237,12 +237,12 @@ class WorkerMetrics:
     :param registry: where to register (default: a new ``CollectorRegistry``).
     :param port: serve ``/metrics`` on this TCP port (``None``: do not serve; 0: any free
         port, see :attr:`port` after :meth:`start`).
-    :param host: address to bind (default ``"0.0.0.0"``).
+    :param host: address to bind (default ``"127.0.0.1"``).
     :param interval: seconds between database refreshes (float > 0, default 15.0).
     """
 
     def __init__(self, worker: Worker, registry: CollectorRegistry | None = None,
-                 port: int | None = None, host: str = "0.0.0.0", interval: float = 15.0):
+                 port: int | None = None, host: str = "127.0.0.1", interval: float = 15.0):
         self.worker = worker
         self.registry = registry if registry is not None else CollectorRegistry()
         self.port = port

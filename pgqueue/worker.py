@@ -260,7 +260,8 @@ class Worker:
     :param metrics_port: serve Prometheus metrics on ``http://metrics_host:PORT/metrics``
         (int; 0 picks a free port, see ``worker.metrics.port``; default ``None``: off).
         Needs the ``metrics`` extra; see :mod:`pgqueue.metrics` for the series.
-    :param metrics_host: address the metrics server binds (default ``"0.0.0.0"``).
+    :param metrics_host: address the metrics server binds (default ``"127.0.0.1"``:
+        this host only; ``"0.0.0.0"`` exposes it on every interface).
     :param metrics_registry: collect the same metrics into this
         ``prometheus_client.CollectorRegistry`` (e.g. to serve them yourself); with
         neither this nor ``metrics_port`` no metrics are kept.
@@ -284,7 +285,7 @@ class Worker:
                  heartbeat_interval: float = 2.0, stale_after: float = 10.0,
                  listen: bool = True, name: str | None = None, schema_wait: float = 30.0,
                  claim_batch: int = 100, metrics_port: int | None = None,
-                 metrics_host: str = "0.0.0.0", metrics_registry: Any = None,
+                 metrics_host: str = "127.0.0.1", metrics_registry: Any = None,
                  metrics_interval: float = 15.0, prune_after: float | None = 7 * 86400.0,
                  maintenance_interval: float = 60.0, xmin_warn_after: float = 60.0):
         if concurrency < 1:
