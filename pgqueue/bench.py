@@ -64,7 +64,8 @@ log = logging.getLogger("pgqueue.bench")
 
 NOOP = "pgqueue.bench.noop"
 PING = "pgqueue.bench.ping"
-SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord")
+#: every scenario, in the order ``--scenario all`` runs them; ``claim`` only on request
+SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord", "claim")
 ALL = ("enqueue", "bulk", "drain", "latency", "chord")
 
 
@@ -184,7 +185,7 @@ class Bench:
             self.started_event.set()
 
         self.noop = self.app.task(noop, name=NOOP, queue=queue, retry=False)
-        self.ping = self.app.task(ping, name=PING, queue=queue, retry=False)
+        self.ping = self.app.task(ping, name=PING, queue=queue, retry=False, max_attempts=1)
 
     # -- housekeeping --------------------------------------------------------------
 
@@ -351,26 +352,21 @@ class Bench:
         warmup = 20
         lost = 0
         try:
-            with self.connect() as c:
-                params = {"task": PING, "args": "[0]", "kwargs": "{}", "queue": self.queue,
-                          "priority": 0, "max_attempts": 1, "unique_key": None,
-                          "delay": None, "run_at": None}
-                for seq in range(samples + warmup):
-                    params["args"] = f"[{seq}]"
-                    self.started_event.clear()
-                    before = w.stats["completed"]
-                    c.execute(q("enqueue"), params, prepare=True)
-                    t_commit = time.perf_counter()
-                    if not self.started_event.wait(5.0):
-                        lost += 1
-                        continue
-                    if seq >= warmup:
-                        lat.append((self.started[seq] - t_commit) * 1000.0)
-                    # let the completion be recorded so the worker is idle again
-                    end = time.monotonic() + 1.0
-                    while w.stats["completed"] <= before and time.monotonic() < end:
-                        time.sleep(0.0005)
-                    time.sleep(0.002)
+            for seq in range(samples + warmup):
+                self.started_event.clear()
+                before = w.stats["completed"]
+                self.ping.enqueue(seq)      # as an application does: one committed job
+                t_commit = time.perf_counter()
+                if not self.started_event.wait(5.0):
+                    lost += 1
+                    continue
+                if seq >= warmup:
+                    lat.append((self.started[seq] - t_commit) * 1000.0)
+                # let the completion be recorded so the worker is idle again
+                end = time.monotonic() + 1.0
+                while w.stats["completed"] <= before and time.monotonic() < end:
+                    time.sleep(0.0005)
+                time.sleep(0.002)
         finally:
             w.stop()
             t.join(30)
@@ -394,7 +390,7 @@ class Bench:
             c.execute(q("heartbeat"), {"worker_id": wid, "name": "pgqueue-bench:claim",
                                        "hostname": "bench", "pid": os.getpid(),
                                        "queues": [self.queue], "tasks": [NOOP],
-                                       "concurrency": 1})
+                                       "concurrency": 1, "stale_after": 60.0})
 
             def measure() -> dict[str, float]:
                 positions = ClaimPositions()    # as a worker claims
@@ -494,10 +490,6 @@ def run_scenarios(dsn: str, scenarios: list[str], *, jobs: int, concurrency: int
     return report
 
 
-FLOORS = {"enqueue": ("jobs_per_s", ">=", 2000), "bulk": ("jobs_per_s", ">=", 50000),
-          "drain": ("jobs_per_s", ">=", 10000), "latency": ("p50_ms", "<=", 3.0)}
-
-
 def _print_table(report: dict[str, Any]) -> None:
     click.echo(f"PostgreSQL {report['server_version']}, {report['cpus']} CPUs")
     head = f"{'scenario':<10} {'jobs':>8} {'seconds':>8} {'jobs/s':>9}  details"
@@ -541,19 +533,6 @@ def _print_table(report: dict[str, Any]) -> None:
                 click.echo("  claim plan with the finished rows:")
                 for pl in r["plan_with_finished"].splitlines():
                     click.echo("    " + pl)
-    misses = []
-    for r in report["results"]:
-        floor = FLOORS.get(r["scenario"])
-        if floor is None:
-            continue
-        key, op, val = floor
-        v = r.get(key)
-        if v is None or (op == ">=" and v < val) or (op == "<=" and v > val):
-            misses.append(f"{r['scenario']} {key} {v} (floor {op} {val})")
-        if r["scenario"] == "latency" and r.get("p99_ms") is not None and r["p99_ms"] > 10.0:
-            misses.append(f"latency p99_ms {r['p99_ms']} (floor <= 10.0)")
-    if misses:
-        click.echo("below the targets (see benchmarks/README.md): " + "; ".join(misses))
 
 
 @click.command()
@@ -562,7 +541,7 @@ def _print_table(report: dict[str, Any]) -> None:
 @click.option("--concurrency", "-c", default=10, show_default=True, type=click.IntRange(1),
               help="Worker threads for drain and latency.")
 @click.option("--scenario", "scenarios", multiple=True, default=("all",), show_default=True,
-              type=click.Choice([*SCENARIOS, "claim", "all"]),
+              type=click.Choice([*SCENARIOS, "all"]),
               help="Scenario to run (repeatable); `all` is enqueue, bulk, drain, latency, chord.")
 @click.option("--samples", default=500, show_default=True, type=click.IntRange(10),
               help="Latency samples (latency) and claims measured (claim).")
