@@ -245,7 +245,7 @@ def load_app(spec: str) -> App:
 @click.option("--schema-wait", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for `pgqueue migrate` before refusing an outdated schema.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535), metavar="PORT",
-              help="Serve Prometheus metrics on http://HOST:PORT/metrics (needs pgqueue[metrics]).")
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (needs pgqueue-jobs[metrics]).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address the metrics server binds (0.0.0.0: every interface).")
 @click.option("--metrics-interval", default=15.0, show_default=True, type=Duration(min=0.1),
@@ -643,7 +643,7 @@ def prune(obj: Ctx, older_than: str, states: tuple[str, ...], as_json: bool) -> 
 def metrics(obj: Ctx, stale_after: float) -> None:
     """Print the database-derived Prometheus metrics once (text exposition format):
     unfinished jobs by queue and state, oldest available age, paused queues, live
-    workers. Needs pgqueue[metrics]."""
+    workers. Needs pgqueue-jobs[metrics]."""
     try:
         from .metrics import render_database_metrics
     except ImportError as e:

@@ -1,4 +1,4 @@
-"""Prometheus metrics (needs the ``metrics`` extra: ``pip install pgqueue[metrics]``).
+"""Prometheus metrics (needs the ``metrics`` extra: ``pip install pgqueue-jobs[metrics]``).
 
 A worker started with ``metrics_port`` (``pgqueue worker --metrics-port PORT``) serves
 ``/metrics`` over HTTP from its own :class:`~prometheus_client.CollectorRegistry` (never
@@ -60,7 +60,7 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("pgqueue metrics need prometheus-client: "
-                      "pip install 'pgqueue[metrics]'") from e
+                      "pip install 'pgqueue-jobs[metrics]'") from e
 
 import psycopg
 

@@ -1,4 +1,4 @@
-"""pgqueue with SQLAlchemy 2.x (``pip install pgqueue[sqlalchemy]``) and Alembic.
+"""pgqueue with SQLAlchemy 2.x (``pip install pgqueue-jobs[sqlalchemy]``) and Alembic.
 
 Enqueue in the session's transaction
 ------------------------------------
