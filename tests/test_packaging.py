@@ -146,3 +146,76 @@ def test_readme_says_to_install_from_a_checkout_until_released():
     assert re.search(r"no\s+release\s+(is|has\s+been)\s+published|not\s+(yet\s+)?(published|released)",
                      readme, re.I), "the README says that no release exists yet"
     assert "from a checkout" in readme
+
+
+# -- the Docker image (docker-compose.yml builds it) -----------------------------------
+
+
+def dockerfile_steps() -> list[tuple[str, str]]:
+    """(instruction, arguments) of each Dockerfile step, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            steps.append((op.upper(), rest.strip()))
+    return steps
+
+
+def test_dockerfile_installs_dependencies_before_copying_the_source():
+    steps = dockerfile_steps()
+    copies = [(i, rest) for i, (op, rest) in enumerate(steps) if op == "COPY"]
+    source = [i for i, rest in copies if rest.split()[0] == "."]
+    assert len(source) == 1, copies
+    first = copies[0]
+    assert first[0] < source[0] and first[1].split()[0] == "pyproject.toml", \
+        "pyproject.toml is copied alone before the source"
+    between = [rest for op, rest in steps[first[0]:source[0]] if op == "RUN"]
+    assert any("pip" in r and "pyproject.toml" in r for r in between), \
+        "the dependencies are installed from pyproject.toml before the source is copied"
+    for r in between:                       # the inline program at least compiles
+        m = re.search(r'python3? -c "(?P<code>[^"]*)"', r)
+        if m:
+            compile(m["code"], "Dockerfile", "exec")
+    after = [rest for op, rest in steps[source[0]:] if op == "RUN"]
+    assert any(re.search(r"pip install .*\.\[[^]]*metrics", r) for r in after), after
+
+
+def test_dockerfile_installs_the_metrics_extra_the_compose_file_uses():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "--metrics-port" in compose
+    deps_step = " ".join(rest for op, rest in dockerfile_steps() if op == "RUN")
+    assert "'metrics'" in deps_step or '"metrics"' in deps_step, \
+        "the dependency layer installs the metrics extra's packages"
+
+
+def test_dockerfile_runs_as_a_non_root_user():
+    steps = dockerfile_steps()
+    users = [i for i, (op, _) in enumerate(steps) if op == "USER"]
+    assert users, "no USER instruction: the services would run as root"
+    last = users[-1]
+    user = steps[last][1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert not any(op == "USER" and rest.split(":")[0] in {"root", "0"}
+                   for op, rest in steps[last:])
+    assert any(op == "RUN" and "useradd" in rest and rest.split()[-1] == user
+               for op, rest in steps[:last]), "the user is created in the image"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    for entry in ("examples/node/node_modules", ".venv", ".git", "**/__pycache__",
+                  ".pytest_cache", "*.egg-info"):
+        assert entry in ignored, entry
+
+
+def test_every_subpackage_is_packaged():
+    """The image installs a built wheel, not the checkout: a package missing from
+    pyproject.toml's list would be missing there."""
+    listed = set(pyproject()["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / "pgqueue").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found <= listed, f"not in [tool.setuptools] packages: {sorted(found - listed)}"
