@@ -1,7 +1,11 @@
 """Example: a SQLAlchemy session saves an order and enqueues its receipt in one
 transaction; a worker runs the job.
 
+    python examples/sqlalchemy_app.py
     PGQUEUE_DSN="host=127.0.0.1 dbname=shop user=me" python examples/sqlalchemy_app.py
+
+The database is found as everywhere in pgqueue: ``$PGQUEUE_DSN``, else libpq's
+environment (``PGHOST``, ...), else the embedded PostgreSQL.
 
 The schema is installed here with ``app.migrate()``; in a real project use Alembic
 (``pgqueue.contrib.sqlalchemy.upgrade(op)`` in a revision).

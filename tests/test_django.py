@@ -410,6 +410,35 @@ def test_worker_command_has_the_cli_worker_options():
 
 # -- examples/django_project -----------------------------------------------------------
 
+def test_django_example_finds_its_database_like_pgqueue(dsn):
+    """Without PGQUEUE_DSN the example shop connects with libpq's environment, as
+    `pgqueue worker` would; pgqueue's own connection string agrees with Django's."""
+    import os
+    import subprocess
+    import sys
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from .conftest import ROOT
+    params = conninfo_to_dict(dsn)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({f"PG{k.upper()}": str(params[k])
+                for k in ("host", "port", "dbname", "user", "password") if params.get(k)})
+    env["PGDATABASE"] = env.pop("PGDBNAME")
+    env.update(DJANGO_SETTINGS_MODULE="shop.settings",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", (
+            "from django.db import connection; from psycopg.conninfo import conninfo_to_dict; "
+            "from pgqueue.contrib.django import conninfo; "
+            "c = connection.cursor(); c.execute('select current_database()'); "
+            "print(c.fetchone()[0]); print(conninfo_to_dict(conninfo())['dbname'])")],
+        cwd=ROOT / "examples" / "django_project", env=env, capture_output=True, text=True,
+        timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-2:] == [params["dbname"], params["dbname"]]
+
+
 def test_django_example_project_end_to_end(dsn, tmp_path):
     """manage.py migrate; the view saves an order and enqueues in one atomic();
     manage.py pgqueue_worker runs the django.tasks task; SIGTERM stops it with exit 0."""
@@ -420,9 +449,8 @@ def test_django_example_project_end_to_end(dsn, tmp_path):
 
     from .conftest import ROOT
     project = ROOT / "examples" / "django_project"
-    env = dict(os.environ, DATABASE_DSN=dsn, DJANGO_SETTINGS_MODULE="shop.settings",
+    env = dict(os.environ, PGQUEUE_DSN=dsn, DJANGO_SETTINGS_MODULE="shop.settings",
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.pop("PGQUEUE_DSN", None)
 
     def manage(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "manage.py", *args], cwd=project, env=env,

@@ -1,11 +1,25 @@
-"""Settings of the example shop. The database comes from ``$DATABASE_DSN`` (a libpq
-connection string or URL, e.g. ``host=127.0.0.1 dbname=shop user=me``)."""
+"""Settings of the example shop. The database is found as everywhere in pgqueue:
+``$PGQUEUE_DSN`` (a libpq connection string or URL, e.g. ``host=127.0.0.1 dbname=shop
+user=me``), else libpq's environment (``PGHOST``, ``PGDATABASE``, ...), else the
+embedded PostgreSQL (started if needed)."""
 
+import getpass
 import os
 
 from psycopg.conninfo import conninfo_to_dict
 
-_db = conninfo_to_dict(os.environ.get("DATABASE_DSN", "dbname=shop"))
+import pgqueue
+
+# pgqueue.App().conninfo resolves the DSN as `pgqueue worker`, `pgqueue migrate` and
+# every App do; nothing connects here (only the embedded server is started if needed).
+_params = conninfo_to_dict(pgqueue.App().conninfo)
+# Django needs a database name; what the DSN leaves out, libpq takes from its
+# environment (a service file's dbname, PGDATABASE, else the user's name).
+_name = _params.pop("dbname", "") or os.environ.get("PGDATABASE", "")
+if not _name and "service" not in _params and os.environ.get("PGSERVICE"):
+    _params["service"] = os.environ["PGSERVICE"]
+if not _name and "service" not in _params:
+    _name = _params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
 
 SECRET_KEY = "example-only"
 DEBUG = False
@@ -31,11 +45,10 @@ INSTALLED_APPS = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",   # psycopg 3
-        "NAME": _db.get("dbname", ""),
-        "USER": _db.get("user", ""),
-        "PASSWORD": _db.get("password", ""),
-        "HOST": _db.get("host", ""),
-        "PORT": _db.get("port", ""),
+        "NAME": _name,
+        # every other parameter (host, port, user, password, sslmode, ...) as given;
+        # psycopg passes them to libpq, which reads its environment for the rest
+        "OPTIONS": _params,
     }
 }
 
