@@ -236,24 +236,42 @@ class App:
     # -- by name (tasks defined elsewhere, e.g. in another service) -----------------
 
     def enqueue(self, task_name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                **options: Any) -> Job:
+                *, unregistered: bool = False, **options: Any) -> Job:
         """Enqueue a job by task name, with the options of :meth:`Task.using`.
 
-        Useful when the task's code lives in another service. Uses the registered
-        task's defaults when the name is known here.
+        Useful when the task's code lives in another service. A name registered here
+        gets the task's defaults and its arguments are checked against the function, as
+        ``task.enqueue`` does. A name this app does not register is refused when the app
+        registers any task (a typo would otherwise wait forever for a worker), unless
+        ``unregistered=True``; an app that registers no task enqueues any name.
 
         :param task_name: the task's registered name (str).
         :param args: positional arguments: a list or tuple (or another ordered iterable;
             not a str, bytes, dict or set, which would be taken apart). Default none.
         :param kwargs: keyword arguments, a dict with str keys (default none).
-        :raises TypeError: ``args`` or ``kwargs`` of the wrong kind (before any SQL).
+        :param unregistered: enqueue ``task_name`` even though this app does not register
+            it: a task that a worker of another service (or language) runs. Default
+            ``False``.
+        :raises UnknownTaskError: (a ``LookupError``) the app registers tasks, not this
+            one, and ``unregistered`` is false.
+        :raises TypeError: ``args`` or ``kwargs`` of the wrong kind, or arguments that do
+            not bind to the registered function.
+        :raises EnqueueError: an invalid name or option. Every error is raised before
+            any SQL, so a caller's transaction stays usable.
         :returns: a :class:`Job`; commits as :meth:`Task.enqueue` does (at once, or with
             the caller's ``connection=``).
 
-        >>> app.enqueue("emails.send_welcome", [42], queue="emails")
+        >>> app.enqueue("emails.send_welcome", [42], queue="emails", unregistered=True)
         """
         check_call_args(args, kwargs, f"app.enqueue({task_name!r}, [value])")
-        t = self.tasks.get(task_name) or Task(self, None, name=task_name)
+        _validate_task_name(task_name)
+        t = self.tasks.get(task_name)
+        if t is None:
+            if self.tasks and not unregistered:
+                raise UnknownTaskError(unknown_task_message(
+                    self, task_name, "pass unregistered=True to enqueue a task that a "
+                    "worker of another service runs"))
+            t = Task(self, None, name=task_name)
         return t.using(**options).enqueue(*args, **(kwargs or {}))
 
     # -- schema --------------------------------------------------------------------
@@ -267,6 +285,24 @@ class App:
         """Raise :class:`SchemaError` unless the schema version matches this code."""
         with self.connection() as conn:
             return migrate.check_schema(conn)
+
+
+def unknown_task_message(app: App, name: str, opt_out: str, where: str = "this app") -> str:
+    """Why ``name`` is refused: not registered in ``app`` (called ``where``; with the
+    closest registered names, or the registered ones), and ``opt_out``: how to enqueue
+    it anyway."""
+    import difflib
+    names = sorted(app.tasks)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+    if close:
+        known = f"did you mean {', '.join(repr(c) for c in close)}?"
+    elif names:
+        known = "registered: " + ", ".join(names[:10]) + (
+            f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    else:
+        known = "it registers no task: does the module import the ones that define them?"
+    return (f"no task named {name!r} is registered in {where} ({known}); check the name, "
+            f"or {opt_out}")
 
 
 def check_call_args(args: Any, kwargs: Any, example: str) -> None:
@@ -315,6 +351,7 @@ class Task:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self.defaults = _validate_options(queue=queue, priority=priority, max_attempts=max_attempts)
+        self._signature: inspect.Signature | None | bool = False   # False: not looked up yet
         if self.fn is not None:
             self.__doc__ = fn.__doc__
             self.__wrapped__ = fn
@@ -326,6 +363,50 @@ class Task:
         if self.fn is None:
             raise UnknownTaskError(f"task {self.name!r} has no function in this process")
         return self.fn(*args, **kwargs)
+
+    def check_args(self, args: Iterable[Any], kwargs: dict[str, Any], *, inputs: int = 0,
+                   where: str = "", note: str = "",
+                   advice: str = "enqueue arguments that bind to it") -> None:
+        """Check that ``args``/``kwargs`` bind to the task's function as a worker will call
+        it: after the :class:`JobContext` (``pass_context``/``transactional``) and after
+        ``inputs`` values a workflow step receives first (the previous result, ...).
+
+        Runs no SQL. A task without a function here (enqueued by name for another
+        service) or whose signature Python cannot read is not checked.
+
+        :param inputs: values the worker passes before ``args`` (int, default 0).
+        :param where: prefix of the message, e.g. ``"items[3]: "``.
+        :param note: what the worker passes first, said after the signature.
+        :param advice: what to do, ending the message.
+        :raises TypeError: naming the task and what does not bind, e.g.
+            ``tasks.add() missing a required argument: 'b'``.
+
+        Example (``def add(a, b)`` registered as ``tasks.add``)::
+
+            add.enqueue(5)   # TypeError: tasks.add() missing a required argument: 'b';
+                             # the task takes (a, b): enqueue arguments that bind to it
+        """
+        sig = self._signature
+        if sig is False:
+            try:
+                sig = inspect.signature(self.fn) if self.fn is not None else None
+            except (TypeError, ValueError):     # a builtin or C callable: nothing to read
+                sig = None
+            self._signature = sig
+        if sig is None:
+            return
+        lead = (None,) * (int(self.pass_context) + inputs)
+        try:
+            sig.bind(*lead, *args, **kwargs)
+        except TypeError as e:
+            passed = []
+            if self.pass_context:
+                passed.append("a JobContext")
+            if note:
+                passed.append(note)
+            first = f" (the worker passes {' and '.join(passed)} first)" if passed else ""
+            raise TypeError(f"{where}{self.name}() {e}; the task takes {sig}{first}: "
+                            f"{advice}") from None
 
     @property
     def queue(self) -> str:
@@ -391,8 +472,13 @@ class Task:
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue on the app's pool, committed at once. See :meth:`using` for options.
 
+        :raises TypeError: the arguments do not bind to the function's signature
+            (``add.enqueue(5)`` for ``def add(a, b)``), naming the task and the problem.
         :raises SerializationError: (a ``TypeError``) for arguments that tagged JSON
-            cannot carry, before any SQL runs.
+            cannot carry. Both before any SQL runs.
+
+        >>> add.enqueue(2, 3)
+        <Job 1 ?>
         """
         return TaskCall(self, None, self._plain_options()).enqueue(*args, **kwargs)
 
@@ -428,13 +514,15 @@ class TaskCall:
 
     def _params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         o = self.options
-        return {
+        params = {
             "task": self.task.name,
             "args": serialization.dumps(list(args), "args"),
             "kwargs": serialization.dumps(kwargs, "kwargs"),
             "queue": o["queue"], "priority": o["priority"], "max_attempts": o["max_attempts"],
             "unique_key": o["unique_key"], "delay": o["delay"], "run_at": o["run_at"],
         }
+        self.task.check_args(args, kwargs)
+        return params
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue one job; returns its :class:`Job` handle.
@@ -444,8 +532,10 @@ class TaskCall:
         PostgreSQL at that transaction's commit, never before. Without a connection it
         runs on the app's pool and commits at once.
 
-        :raises SerializationError: arguments that cannot be stored (a ``TypeError``),
-            raised before any SQL, so the caller's transaction stays usable.
+        :raises TypeError: the arguments do not bind to the task's function (as
+            ``add(5)`` for ``def add(a, b)``); :class:`SerializationError` (also a
+            ``TypeError``): arguments that cannot be stored. Both before any SQL, so the
+            caller's transaction stays usable.
         """
         params = self._params(args, kwargs)
         from ._connections import enqueue_one
@@ -472,10 +562,12 @@ class TaskCall:
             ``pgqueue.Args(*args, **kwargs)``.
         :returns: the number of jobs inserted (jobs whose ``unique_key`` was already
             held are skipped; with a unique key every item shares it, so at most one).
-        :raises SerializationError: on the first bad item. Nothing of the call is
-            inserted: on a caller's connection the COPY runs in a savepoint that is
-            rolled back, so the caller's transaction and its earlier writes stay usable;
-            without a connection nothing is committed.
+        :raises TypeError: on the first item whose arguments do not bind to the task's
+            function (the message names the item, ``items[3]: ...``), and
+            :class:`SerializationError` on the first item that cannot be stored. Nothing
+            of the call is inserted: on a caller's connection the COPY runs in a
+            savepoint that is rolled back, so the caller's transaction and its earlier
+            writes stay usable; without a connection nothing is committed.
 
         Jobs with neither delay nor unique key go straight into ``pgqueue.jobs`` with
         ``COPY``; otherwise they are copied to a temporary table and inserted from there,
@@ -484,7 +576,7 @@ class TaskCall:
         from ._connections import sync_connection
         o = self.options
         direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
-        rows = _bulk_rows(self.task.name, items, o, direct)
+        rows = _bulk_rows(self.task, items, o, direct)
         with sync_connection(self.task.app, self.connection) as conn:
             with conn.transaction() if conn.autocommit else _savepoint(conn):
                 if direct:
@@ -556,8 +648,9 @@ class Args:
         self.kwargs = kwargs
 
 
-def _bulk_rows(name: str, items: Iterable[Any], o: dict[str, Any],
+def _bulk_rows(task: Task, items: Iterable[Any], o: dict[str, Any],
                direct: bool) -> Iterator[tuple[Any, ...]]:
+    name = task.name
     for i, item in enumerate(items):
         if isinstance(item, Args):
             a, k = item.args, item.kwargs
@@ -569,6 +662,7 @@ def _bulk_rows(name: str, items: Iterable[Any], o: dict[str, Any],
             a, k = (item,), {}
         args = serialization.dumps(list(a), f"items[{i}].args")
         kwargs = serialization.dumps(k, f"items[{i}].kwargs")
+        task.check_args(a, k, where=f"items[{i}]: ")
         if direct:
             yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"], "available")
         else:

@@ -164,9 +164,10 @@ class _Canvas:
         """Enqueue on the app's pool, committed at once. See :meth:`using`.
 
         :returns: a :class:`WorkflowHandle`.
-        :raises EnqueueError: (a ``ValueError``) for an invalid shape or option, and
+        :raises EnqueueError: (a ``ValueError``) for an invalid shape or option,
             :class:`~pgqueue.SerializationError` (a ``TypeError``) for arguments JSON
-            cannot carry, before any SQL runs.
+            cannot carry, and ``TypeError`` for a step whose arguments do not bind to its
+            task's function, before any SQL runs.
         """
         return self.using(name=name, on_error=on_error).enqueue()
 
@@ -506,6 +507,17 @@ class Workflow(_Canvas):
 
 # -- compile and enqueue --------------------------------------------------------------------
 
+#: per ``inputs`` mode of a step: how many values the worker passes before the step's own
+#: arguments (``pgqueue.job_inputs``), and how the argument check names them
+_INPUTS: dict[str, tuple[int, str]] = {
+    "none": (0, ""),
+    "previous": (1, "the previous step's result"),
+    "results": (1, "the list of results it waits for"),
+    "outcomes": (1, "the list of outcomes it waits for"),
+    "error": (2, "(failed_job_id, failure)"),
+}
+
+
 class _Plan:
     def __init__(self) -> None:
         self.steps: list[dict[str, Any]] = []
@@ -546,6 +558,12 @@ class _Plan:
             step["after"] = aft
         if on_error:
             step["on_error"] = True
+        n_inputs, note = _INPUTS[inputs]
+        advice = "give the step arguments that bind to it"
+        if inputs in ("previous", "results"):
+            advice += ", or build it with .si(...) to pass it only its own arguments"
+        sig.task.check_args(sig.args, sig.kwargs, inputs=n_inputs, where=f"step {i}: ",
+                            note=note, advice=advice)
         self.steps.append(step)
         return i
 
@@ -591,7 +609,10 @@ class WorkflowCall:
         here; the NOTIFY that wakes workers is delivered at that commit, never before.
 
         :raises EnqueueError: invalid shape or options; :class:`SerializationError`:
-            arguments JSON cannot carry. Both before any SQL, so a caller's transaction
+            arguments JSON cannot carry; ``TypeError``: a step's arguments do not bind to
+            its task's function as the worker will call it (after the previous result,
+            the list of results, or ``(failed_job_id, failure)`` for the error
+            callback), naming the step. All before any SQL, so a caller's transaction
             stays usable.
         """
         from ._connections import sync_connection

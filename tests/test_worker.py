@@ -241,7 +241,7 @@ def test_unregistered_tasks_are_not_claimed(app, start_worker, conn):
     def known():
         return 1
 
-    foreign = app.enqueue("other.version.task")
+    foreign = app.enqueue("other.version.task", unregistered=True)
     start_worker(app)
     assert known.enqueue().result(timeout=10) == 1
     assert state(conn, foreign.id) == "available"
