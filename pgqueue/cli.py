@@ -322,21 +322,46 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @click.argument("task")
 @click.option("--args", "args_json", default=None, metavar="JSON", help="Positional arguments, a JSON array.")
 @click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword arguments, a JSON object.")
-@click.option("--queue", default="default", show_default=True, help="Queue to put the job in.")
-@click.option("--priority", default=0, show_default=True, type=click.IntRange(-32768, 32767),
-              help="Higher runs first.")
+@click.option("--queue", default=None,
+              help="Queue to put the job in. Default: the task's declared queue (with "
+                   "--app), else 'default'.")
+@click.option("--priority", default=None, type=click.IntRange(-32768, 32767),
+              help="Higher runs first. Default: the task's declared priority (with --app), "
+                   "else 0.")
 @click.option("--delay", default=None, type=SECONDS, help="Seconds from now (database clock).")
 @click.option("--max-attempts", default=None, type=click.IntRange(1, 2**31 - 2),
-              help="Attempts before the job is discarded (20 when not given).")
+              help="Attempts before the job is discarded (when not given, the task's "
+                   "declared max_attempts, applied by the worker).")
 @click.option("--unique-key", default=None,
               help="At most one unfinished job per key, across all tasks and queues; if one "
                    "holds the key, print its id and enqueue nothing.")
+@click.option("--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
+              help="Import this pgqueue.App (ATTR defaults to 'app'): TASK must be one of its "
+                   "tasks, the arguments must bind to its function, and its declared queue "
+                   "and priority apply; an App created with a DSN is enqueued to there, as "
+                   "its workers read. Without --app nothing is checked.")
+@click.option("--unregistered", is_flag=True,
+              help="With --app: enqueue TASK although the app does not register it (a task "
+                   "that a worker of another service runs).")
 @pass_ctx
-def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None, queue: str,
-            priority: int, delay: float | None, max_attempts: int | None,
-            unique_key: str | None) -> None:
-    """Enqueue a job of TASK (a registered task name) and print its id."""
-    from .app import _validate_options, _validate_task_name, _validate_unique_key, _validate_when
+def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
+            queue: str | None, priority: int | None, delay: float | None,
+            max_attempts: int | None, unique_key: str | None, app_spec: str | None,
+            unregistered: bool) -> None:
+    """Enqueue a job of TASK (a registered task name) and print its id.
+
+    With --app, TASK must be registered in that app (or --unregistered given) and the
+    arguments must bind to its function; the task's declared queue and priority apply
+    unless --queue/--priority say otherwise. Without --app the command cannot know the
+    tasks: any name is enqueued, to queue 'default' with priority 0 unless told.
+    """
+    from .app import (
+        _validate_options,
+        _validate_task_name,
+        _validate_unique_key,
+        _validate_when,
+        unknown_task_message,
+    )
     for hint, check in (("TASK", lambda: _validate_task_name(task)),
                         ("--queue", lambda: _validate_options(queue=queue)),
                         ("--delay", lambda: _validate_when(delay, None)),
@@ -345,9 +370,28 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
             check()
         except PgQueueError as e:
             raise click.BadParameter(str(e), param_hint=hint) from None
-    params = {"task": task, "args": _json_arg(args_json, list, "--args"),
-              "kwargs": _json_arg(kwargs_json, dict, "--kwargs"), "queue": queue,
-              "priority": priority, "run_at": None, "delay": delay,
+    args_text = _json_arg(args_json, list, "--args")
+    kwargs_text = _json_arg(kwargs_json, dict, "--kwargs")
+    declared = None
+    if app_spec is not None:
+        app = load_app(app_spec)
+        if app._dsn:            # the database its workers use (as `pgqueue worker --app`)
+            obj = Ctx(app._dsn)
+        declared = app.tasks.get(task)
+        if declared is None and not unregistered:
+            raise click.BadParameter(unknown_task_message(
+                app, task, "pass --unregistered to enqueue a task that a worker of another "
+                "service runs", where=app_spec), param_hint="TASK")
+    if declared is not None:
+        try:
+            declared.check_args(json.loads(args_text), json.loads(kwargs_text))
+        except TypeError as e:
+            raise click.BadParameter(str(e), param_hint="--args/--kwargs") from None
+    params = {"task": task, "args": args_text, "kwargs": kwargs_text,
+              "queue": queue if queue is not None else (declared.queue if declared else "default"),
+              "priority": priority if priority is not None else (
+                  declared.priority if declared else 0),
+              "run_at": None, "delay": delay,
               "max_attempts": max_attempts, "unique_key": unique_key}
     with obj.connect() as conn:
         (job_id,) = conn.execute(q("enqueue"), params).fetchone()

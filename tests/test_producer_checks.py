@@ -5,7 +5,8 @@
   name, workflow signatures (after the previous result, the list of results, the
   ``(failed_job_id, failure)`` of an error callback);
 - unknown task names are refused where the producer has a registry, unless
-  ``unregistered=True``.
+  ``unregistered=True`` / ``--unregistered``;
+- ``pgqueue enqueue --app`` applies the task's declared queue and priority.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 import pgqueue
 from pgqueue import UnknownTaskError, chain, chord
+from pgqueue.cli import main
 
 
 def jobs(conn):
@@ -212,3 +215,53 @@ def test_an_app_without_tasks_enqueues_any_name(app, conn):
 def test_invalid_name_is_still_an_enqueue_error(t, app):
     with pytest.raises(pgqueue.EnqueueError):
         app.enqueue("", [1])
+
+
+# -- pgqueue enqueue --app: known names, binding arguments, declared queue and priority --
+
+def cli(dsn, *argv):
+    return CliRunner().invoke(main, ["--dsn", dsn, "enqueue", *argv])
+
+
+def test_cli_refuses_unknown_names_with_app_unless_unregistered(dsn, conn):
+    res = cli(dsn, "producer.sned", "--app", "tests.apps.producer", "--args", '["a@b"]')
+    assert res.exit_code == 2, res.output
+    assert "Invalid value for TASK" in res.output
+    assert "'producer.sned'" in res.output and "tests.apps.producer" in res.output
+    assert "did you mean 'producer.send'" in res.output and "--unregistered" in res.output
+    assert conn.execute("select count(*) from pgqueue.jobs").fetchone() == (0,)
+
+    res = cli(dsn, "billing.charge", "--app", "tests.apps.producer", "--unregistered",
+              "--args", "[1]")
+    assert res.exit_code == 0, res.output
+    # without --app the command cannot know the tasks: any name is enqueued
+    res = cli(dsn, "nonexistent.task")
+    assert res.exit_code == 0, res.output
+    assert conn.execute("select task, queue, priority from pgqueue.jobs order by id").fetchall() \
+        == [("billing.charge", "default", 0), ("nonexistent.task", "default", 0)]
+
+
+def test_cli_checks_arguments_against_the_app(dsn, conn):
+    res = cli(dsn, "producer.send", "--app", "tests.apps.producer")
+    assert res.exit_code == 2, res.output
+    assert "producer.send() missing a required argument: 'to'" in res.output
+    res = cli(dsn, "producer.with_context", "--app", "tests.apps.producer", "--args", "[1, 2]")
+    assert res.exit_code == 2, res.output
+    assert "too many positional arguments" in res.output
+    res = cli(dsn, "producer.with_context", "--app", "tests.apps.producer", "--args", "[1]")
+    assert res.exit_code == 0, res.output
+    assert jobs(conn) == [("producer.with_context", [1], {})]
+
+
+def test_cli_applies_the_declared_queue_and_priority_with_app(dsn, conn):
+    argv = ["--args", '["a@b"]']
+    declared = cli(dsn, "producer.send", "--app", "tests.apps.producer", *argv)
+    overridden = cli(dsn, "producer.send", "--app", "tests.apps.producer", *argv,
+                     "--queue", "bulk", "--priority", "-1")
+    plain = cli(dsn, "producer.plain", "--app", "tests.apps.producer", "--args", "[1]")
+    no_app = cli(dsn, "producer.send", *argv)
+    for res in (declared, overridden, plain, no_app):
+        assert res.exit_code == 0, res.output
+    rows = dict(conn.execute("select id, (queue, priority)::text from pgqueue.jobs").fetchall())
+    assert [rows[int(r.output)] for r in (declared, overridden, plain, no_app)] == [
+        "(emails,5)", "(bulk,-1)", "(default,0)", "(default,0)"]
