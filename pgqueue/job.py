@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from typing import TYPE_CHECKING, Any
@@ -175,27 +176,68 @@ class Job:
                     raise
                 time.sleep(0.5)
 
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish and return its result, from async code.
+
+        :meth:`result` for an event loop: waits on ``LISTEN pgqueue_done`` with a psycopg
+        ``AsyncConnection`` of its own (autocommit; it never joins a caller's
+        transaction), so it does not poll and does not block the loop; it re-reads the
+        row when its id is announced, and every 30 s as a safety net. A lost connection
+        is replaced, as in :meth:`result`. Cancelling the awaiting task closes the
+        connection.
+
+        :param timeout: seconds to wait at most; ``None`` waits indefinitely.
+        :returns: the task's return value (tagged JSON decoded).
+        :raises JobFailed: the job was discarded (``.errors`` holds the history).
+        :raises JobCancelled: the job was cancelled.
+        :raises ResultTimeout: ``timeout`` elapsed first.
+
+        >>> value = await add.enqueue(2, 3).aresult(timeout=10)
+        """
+        import asyncio
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return await self._await_result(deadline, timeout)
+            except psycopg.OperationalError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    def _outcome(self, row: Any) -> tuple[bool, Any]:
+        """``(True, result)`` for a completed job, ``(False, None)`` for an unfinished or
+        invisible one; raises :class:`JobFailed`/:class:`JobCancelled`."""
+        if row is not None:
+            state, result, errors = row
+            if state == "completed":
+                self._row = None
+                return True, serialization.decode(result)
+            if state == "discarded":
+                raise JobFailed(self.id, state, errors)
+            if state == "cancelled":
+                raise JobCancelled(self.id, state, errors)
+        return False, None
+
+    def _timeout(self, timeout: float | None, row: Any, workers: Any) -> ResultTimeout:
+        return ResultTimeout(f"job {self.id} did not finish within {timeout} s "
+                             f"(state {row[0] if row else 'not visible'})"
+                             + _no_worker_hint(row, workers))
+
     def _wait_result(self, deadline: float | None, timeout: float | None) -> Any:
         with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
             conn.execute("listen pgqueue_done")
             while True:
                 row = conn.execute(q("job_state"), {"id": self.id}).fetchone()
-                if row is not None:
-                    state, result, errors = row
-                    if state == "completed":
-                        self._row = None
-                        return serialization.decode(result)
-                    if state == "discarded":
-                        raise JobFailed(self.id, state, errors)
-                    if state == "cancelled":
-                        raise JobCancelled(self.id, state, errors)
-                wait = 30.0
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise ResultTimeout(f"job {self.id} did not finish within {timeout} s "
-                                            f"(state {row[0] if row else 'not visible'})"
-                                            + _no_worker_hint(conn, self.id, row))
+                done, value = self._outcome(row)
+                if done:
+                    return value
+                wait = _wait_for(deadline)
+                if wait <= 0:
+                    workers = None
+                    if _may_lack_worker(row):
+                        with contextlib.suppress(psycopg.Error):
+                            workers = conn.execute(q("job_workers"), {"id": self.id}).fetchone()
+                    raise self._timeout(timeout, row, workers)
                 me = str(self.id)
                 end = time.monotonic() + wait
                 for n in conn.notifies(timeout=wait):
@@ -204,6 +246,35 @@ class Job:
                     if time.monotonic() >= end:
                         break
 
+    async def _await_result(self, deadline: float | None, timeout: float | None) -> Any:
+        conn = await psycopg.AsyncConnection.connect(self.app.conninfo, autocommit=True)
+        async with conn:
+            await conn.execute("listen pgqueue_done")
+            while True:
+                row = await (await conn.execute(q("job_state"), {"id": self.id})).fetchone()
+                done, value = self._outcome(row)
+                if done:
+                    return value
+                wait = _wait_for(deadline)
+                if wait <= 0:
+                    workers = None
+                    if _may_lack_worker(row):
+                        with contextlib.suppress(psycopg.Error):
+                            cur = await conn.execute(q("job_workers"), {"id": self.id})
+                            workers = await cur.fetchone()
+                    raise self._timeout(timeout, row, workers)
+                me = str(self.id)
+                async with contextlib.aclosing(conn.notifies(timeout=wait)) as notes:
+                    async for n in notes:
+                        if me in n.payload.split(","):
+                            break
+
+
+def _wait_for(deadline: float | None) -> float:
+    """Seconds to wait for a notification: until ``deadline``, at most 30 (the safety
+    net re-read); <= 0 once the deadline has passed."""
+    return 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+
 
 def unique_held_message(e: psycopg.errors.UniqueViolation) -> str:
     """The server's message of a retry refused by the unique index, with its hint."""
@@ -211,15 +282,18 @@ def unique_held_message(e: psycopg.errors.UniqueViolation) -> str:
     return f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "")
 
 
-def _no_worker_hint(conn: psycopg.Connection, job_id: int, row: Any) -> str:
-    """A waiting job that no live worker can claim: say so, for the timeout message."""
-    if row is None or row[0] not in ("available", "scheduled", "retryable"):
-        return ""
-    try:
-        found = conn.execute(q("job_workers"), {"id": job_id}).fetchone()
-    except psycopg.Error:
-        return ""
-    if found is None or found[2]:
+def _may_lack_worker(row: Any) -> bool:
+    """Whether a timed-out job waits for a worker (worth asking ``job_workers``)."""
+    return row is not None and row[0] in ("available", "scheduled", "retryable")
+
+
+def _no_worker_hint(row: Any, found: Any) -> str:
+    """A waiting job that no live worker can claim: say so, for the timeout message.
+
+    :param row: the job's ``job_state`` row; ``found``: its ``job_workers`` row (task,
+        queue, whether a live worker serves it), or ``None`` when not read.
+    """
+    if not _may_lack_worker(row) or found is None or found[2]:
         return ""
     task, queue, _ = found
     return (f"; no live worker runs task {task!r} from queue {queue!r}: start one whose "

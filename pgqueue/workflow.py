@@ -74,6 +74,7 @@ Plain SQL answers "where is my workflow"::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -720,32 +721,78 @@ class WorkflowHandle:
             conn.execute("listen pgqueue_workflows")
             me = str(self.id)
             while True:
-                row = conn.execute(
-                    "select state, failures, result_job_ids, result_is_list "
-                    "from pgqueue.workflows where id = %s", (self.id,)).fetchone()
-                if row is not None:
-                    state, failures, ids, is_list = row
-                    if state == "completed":
-                        if self._result_ids is not None:
-                            ids, is_list = self._result_ids, self._result_is_list
-                        results = dict(conn.execute(
-                            "select id, result from pgqueue.jobs where id = any(%s)",
-                            (list(ids),)).fetchall())
-                        values = [serialization.decode(results.get(i)) for i in ids]
-                        return values if is_list else (values[0] if values else None)
-                    if state in ("failed", "cancelled"):
-                        raise WorkflowFailed(self.id, state, failures)
-                wait = 30.0
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise ResultTimeout(
-                            f"workflow {self.id} did not finish within {timeout} s "
-                            f"(state {row[0] if row else 'not visible'})")
+                row = conn.execute(_STATE_SQL, (self.id,)).fetchone()
+                ids = self._finished(row)
+                if ids is not None:
+                    return self._value(ids, conn.execute(_RESULTS_SQL, (ids,)).fetchall())
+                wait = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+                if wait <= 0:
+                    raise self._timeout(timeout, row)
                 end = time.monotonic() + wait
                 for n in conn.notifies(timeout=wait):
                     if n.payload == me or time.monotonic() >= end:
                         break
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to complete and return its result, from async code.
+
+        :meth:`result` for an event loop: waits on ``LISTEN pgqueue_workflows`` with a
+        psycopg ``AsyncConnection`` of its own (autocommit), without polling and without
+        blocking the loop; re-reads every 30 s as a safety net.
+
+        :param timeout: seconds to wait at most; ``None`` waits indefinitely.
+        :returns: as :meth:`result`.
+        :raises WorkflowFailed: the workflow failed or was cancelled.
+        :raises ResultTimeout: ``timeout`` elapsed first.
+
+        >>> total = await chord([add.s(1, 2), add.s(3, 4)], tsum.s()).enqueue().aresult(60)
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = await psycopg.AsyncConnection.connect(self.app.conninfo, autocommit=True)
+        async with conn:
+            await conn.execute("listen pgqueue_workflows")
+            me = str(self.id)
+            while True:
+                row = await (await conn.execute(_STATE_SQL, (self.id,))).fetchone()
+                ids = self._finished(row)
+                if ids is not None:
+                    cur = await conn.execute(_RESULTS_SQL, (ids,))
+                    return self._value(ids, await cur.fetchall())
+                wait = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+                if wait <= 0:
+                    raise self._timeout(timeout, row)
+                async with contextlib.aclosing(conn.notifies(timeout=wait)) as notes:
+                    async for n in notes:
+                        if n.payload == me:
+                            break
+
+    def _finished(self, row: Any) -> list[int] | None:
+        """The result job ids of a completed workflow, ``None`` while it runs (or is not
+        visible); raises :class:`WorkflowFailed` for a failed or cancelled one."""
+        if row is None:
+            return None
+        state, failures, ids, is_list = row
+        if state in ("failed", "cancelled"):
+            raise WorkflowFailed(self.id, state, failures)
+        if state != "completed":
+            return None
+        if self._result_ids is None:
+            self._result_ids, self._result_is_list = list(ids or []), is_list
+        return self._result_ids
+
+    def _value(self, ids: list[int], rows: list[tuple[int, Any]]) -> Any:
+        results = dict(rows)
+        values = [serialization.decode(results.get(i)) for i in ids]
+        return values if self._result_is_list else (values[0] if values else None)
+
+    def _timeout(self, timeout: float | None, row: Any) -> ResultTimeout:
+        return ResultTimeout(f"workflow {self.id} did not finish within {timeout} s "
+                             f"(state {row[0] if row else 'not visible'})")
+
+
+_STATE_SQL = ("select state, failures, result_job_ids, result_is_list "
+              "from pgqueue.workflows where id = %s")
+_RESULTS_SQL = "select id, result from pgqueue.jobs where id = any(%s)"
 
 
 # -- text rendering (``pgqueue workflows show``) ----------------------------------------------

@@ -1,4 +1,4 @@
-"""What a producer can check before anything is written.
+"""What a producer can check before anything is written, and waiting from async code.
 
 - arguments bind to the task's signature at enqueue, as the worker will call it
   (guarantee 6): ``task.enqueue``, ``aenqueue``, ``enqueue_many``, ``app.enqueue`` by
@@ -6,12 +6,14 @@
   ``(failed_job_id, failure)`` of an error callback);
 - unknown task names are refused where the producer has a registry, unless
   ``unregistered=True`` / ``--unregistered``;
-- ``pgqueue enqueue --app`` applies the task's declared queue and priority.
+- ``pgqueue enqueue --app`` applies the task's declared queue and priority;
+- ``await job.aresult()`` and ``await handle.aresult()`` wait on notifications.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import psycopg
@@ -19,8 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 import pgqueue
-from pgqueue import UnknownTaskError, chain, chord
+from pgqueue import ResultTimeout, UnknownTaskError, WorkflowFailed, chain, chord
 from pgqueue.cli import main
+
+from .conftest import wait_until
 
 
 def jobs(conn):
@@ -265,3 +269,97 @@ def test_cli_applies_the_declared_queue_and_priority_with_app(dsn, conn):
     rows = dict(conn.execute("select id, (queue, priority)::text from pgqueue.jobs").fetchall())
     assert [rows[int(r.output)] for r in (declared, overridden, plain, no_app)] == [
         "(emails,5)", "(bulk,-1)", "(default,0)", "(default,0)"]
+
+
+# -- waiting for a result from async code ------------------------------------------------
+
+def test_aresult_waits_on_notifications_without_blocking_the_loop(t, app, dsn, start_worker):
+    """aresult reads the job, then waits on LISTEN: another job's completion does not
+    make it read again, the event loop keeps running, and its own completion wakes it
+    at once (the safety-net re-read comes only every 30 s)."""
+    job = t.add.enqueue(20, 22)
+    other = t.add.using(queue="other").enqueue(1, 1)
+
+    async def waiter_query_start(ac):
+        cur = await ac.execute(
+            "select query_start from pg_stat_activity where datname = current_database() "
+            "and query like 'select state, result%%' and pid <> pg_backend_pid()")
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        waiting = asyncio.create_task(job.aresult(timeout=30))
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as ac:
+            deadline = time.monotonic() + 10
+            while (read_at := await waiter_query_start(ac)) is None:
+                assert time.monotonic() < deadline, "aresult never read the job"
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(start_worker, app, queues=["other"])
+            assert await other.aresult(timeout=10) == 2
+            assert not waiting.done()
+            assert await waiter_query_start(ac) == read_at     # no re-read, no polling
+            before, t0 = ticks, time.monotonic()
+            await asyncio.to_thread(start_worker, app)          # now the job runs
+            value = await asyncio.wait_for(waiting, 15)
+            took = time.monotonic() - t0
+        assert ticks > before          # the loop ran while aresult waited
+        tick.cancel()
+        return value, took
+
+    value, took = asyncio.run(main())
+    assert value == 42
+    assert took < 10
+
+
+def test_aresult_raises_as_result_does(t, app, start_worker):
+    start_worker(app, concurrency=4)
+    failed = t.boom.enqueue()
+    long = t.forever.enqueue()
+    later = t.add.using(delay=3600).enqueue(1, 2)
+
+    async def main():
+        with pytest.raises(pgqueue.JobFailed) as info:
+            await failed.aresult(timeout=15)
+        assert info.value.errors[-1]["message"] == "planned failure"
+        with pytest.raises(ResultTimeout, match=r"did not finish within 0\.3 s "
+                                                r"\(state scheduled\)"):
+            await later.aresult(timeout=0.3)
+        waiting = asyncio.create_task(long.aresult(timeout=15))
+        await asyncio.to_thread(wait_until, lambda: long.refresh().state == "running", 10)
+        await asyncio.to_thread(long.cancel)
+        with pytest.raises(pgqueue.JobCancelled):
+            await waiting
+
+    asyncio.run(main())
+
+
+def test_aresult_names_the_missing_worker_on_timeout(t, app):
+    job = t.add.enqueue(1, 2)
+    with pytest.raises(ResultTimeout, match=r"no live worker runs task 't\.add'"):
+        asyncio.run(job.aresult(timeout=0.3))
+
+
+def test_workflow_aresult(t, app, start_worker):
+    start_worker(app, concurrency=2)
+    ok = chain(chord([t.add.s(1, 2), t.add.s(3, 4)], t.total.s()), t.add.s(5)).enqueue()
+    bad = chain(t.add.s(1, 2), t.boom.si()).enqueue()
+    never = chain(t.add.s(1, 2).set(delay=3600), t.add.s(1)).enqueue()
+
+    async def main():
+        assert await ok.aresult(timeout=20) == 15
+        with pytest.raises(WorkflowFailed) as info:
+            await bad.aresult(timeout=20)
+        assert [f["task"] for f in info.value.failures] == ["t.boom"]
+        with pytest.raises(ResultTimeout, match=r"workflow \d+ did not finish within 0\.3 s"):
+            await never.aresult(timeout=0.3)
+
+    asyncio.run(main())
