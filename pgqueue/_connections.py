@@ -50,8 +50,8 @@ ENQUEUE_TEXT = (
     "select pgqueue.enqueue(task => cast(:task as text), args => cast(:args as jsonb), "
     "kwargs => cast(:kwargs as jsonb), queue => cast(:queue as text), "
     "priority => cast(:priority as integer), "
-    "run_at => coalesce(cast(:run_at as timestamptz), "
-    "now() + make_interval(secs => cast(:delay as double precision))), "
+    "run_at => cast(:run_at as timestamptz), "
+    "delay => make_interval(secs => cast(:delay as double precision)), "
     "max_attempts => cast(:max_attempts as integer), "
     "unique_key => cast(:unique_key as text))"
 )

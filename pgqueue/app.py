@@ -351,6 +351,11 @@ class Task:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self.defaults = _validate_options(queue=queue, priority=priority, max_attempts=max_attempts)
+        # Rows store max_attempts only when the enqueuer gives one (using(), a
+        # signature's set()); null otherwise, and the worker that claims the job applies
+        # its own declaration (DESIGN 5.2): a producer's copy never overrides it.
+        self._max_attempts: int = self.defaults["max_attempts"]
+        self.defaults["max_attempts"] = None
         self._signature: inspect.Signature | None | bool = False   # False: not looked up yet
         if self.fn is not None:
             self.__doc__ = fn.__doc__
@@ -418,7 +423,8 @@ class Task:
 
     @property
     def max_attempts(self) -> int:
-        return self.defaults["max_attempts"]
+        """The declared attempts, applied by a worker to jobs that did not set theirs."""
+        return self._max_attempts
 
     def s(self, *args: Any, **kwargs: Any) -> Any:
         """A signature for workflows (Celery's ``task.s``): this task with these

@@ -401,6 +401,8 @@ class Bench:
                     t0 = time.perf_counter()
                     rows = c.execute(q("claim"), {"worker_id": wid, "queues": [self.queue],
                                                   "tasks": [NOOP], "batch": 1,
+                                                  "task_max_attempts": [self.noop.max_attempts],
+                                                  "task_timeouts": [self.noop.timeout],
                                                   **positions.params()},
                                      prepare=True).fetchall()
                     positions.taken(rows, 1)

@@ -345,6 +345,8 @@ class Worker:
         self._running: dict[int, _Running] = {}   # owned jobs not yet recorded
         self._need_release = False
         self._tasks_names: list[str] = []
+        self._tasks_max_attempts: list[int] = []
+        self._tasks_timeouts: list[float | None] = []
         self._exec_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._complete_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._completer_idle = threading.Event()
@@ -402,6 +404,10 @@ class Worker:
         :raises SchemaError: the schema stayed missing or outdated for ``schema_wait`` s.
         """
         self._tasks_names = sorted(n for n, t in self.app.tasks.items() if t.fn is not None)
+        # Declared options, parallel to the names: the claim writes them into rows that
+        # left them null (DESIGN 5.2); the retry policy travels with each failure.
+        self._tasks_max_attempts = [self.app.tasks[n].max_attempts for n in self._tasks_names]
+        self._tasks_timeouts = [self.app.tasks[n].timeout for n in self._tasks_names]
         if not self._tasks_names:
             raise ConfigurationError("the app has no tasks registered; check --app")
         self._wait_for_schema()
@@ -626,6 +632,8 @@ class Worker:
                 queues = self._positions.queues()
             return conn.execute(q("claim"), {"worker_id": self.id, "queues": queues,
                                              "tasks": self._tasks_names, "batch": n,
+                                             "task_max_attempts": self._tasks_max_attempts,
+                                             "task_timeouts": self._tasks_timeouts,
                                              **positions}, prepare=self.listen).fetchall()
         t0 = time.perf_counter()
         try:

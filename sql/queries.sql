@@ -3,10 +3,12 @@
 -- worker or producer in another language calls exactly what Python calls.
 
 -- name: enqueue
+-- A delay counts from this statement (the function adds it to clock_timestamp()), not
+-- from the start of the caller's transaction; max_attempts null: the task's default.
 select pgqueue.enqueue(task => %(task)s, args => %(args)s::jsonb, kwargs => %(kwargs)s::jsonb,
                        queue => %(queue)s, priority => %(priority)s,
-                       run_at => coalesce(%(run_at)s::timestamptz,
-                                          now() + make_interval(secs => %(delay)s::float8)),
+                       run_at => %(run_at)s::timestamptz,
+                       delay => make_interval(secs => %(delay)s::float8),
                        max_attempts => %(max_attempts)s, unique_key => %(unique_key)s);
 
 -- name: copy_jobs
@@ -23,14 +25,18 @@ copy pg_temp.pgqueue_bulk_stage (task, args, kwargs, queue, priority, delay, run
                                  max_attempts, unique_key) from stdin;
 
 -- name: bulk_stage_insert
-with staged as (
-    select s.*, coalesce(s.run_at, now() + make_interval(secs => coalesce(s.delay, 0))) as due
-      from pg_temp.pgqueue_bulk_stage s
+-- Delays count from this statement (one clock reading for every row), not from the
+-- start of the caller's transaction.
+with clock as (
+    select clock_timestamp() as at
+), staged as (
+    select s.*, coalesce(s.run_at, c.at + make_interval(secs => s.delay), now()) as due, c.at
+      from pg_temp.pgqueue_bulk_stage s cross join clock c
 ), ins as (
     insert into pgqueue.jobs (task, args, kwargs, queue, priority, run_at, max_attempts,
                               unique_key, state)
     select task, args, kwargs, queue, priority, due, max_attempts, unique_key,
-           case when due > now() then 'scheduled' else 'available' end
+           case when due > at then 'scheduled' else 'available' end
       from staged
     on conflict (unique_key) where unique_key is not null
         and state in ('pending', 'scheduled', 'available', 'running', 'retryable')
@@ -64,6 +70,8 @@ select state, result, errors from pgqueue.jobs where id = %(id)s;
 -- args, kwargs and inputs come back as JSON text, parsed per job when it starts: a
 -- document this worker cannot parse (written by SQL: an integer of more digits than
 -- Python converts, nesting deeper than its recursion limit) fails only its own job.
+-- max_attempts and timeout come back resolved: where the row left them null, the claim
+-- wrote this worker's declarations (task_max_attempts, task_timeouts, parallel to tasks).
 select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priority, run_at,
        extract(epoch from timeout)::float8 as timeout,
        extract(epoch from started_at - run_at)::float8 as queue_latency, cancel_requested_at,
@@ -71,7 +79,8 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
        case when inputs <> 'none' then pgqueue.job_inputs(id)::text end as inputs
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
-                     %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[]);
+                     %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[],
+                     %(task_max_attempts)s::integer[], %(task_timeouts)s::float8[]);
 
 -- name: next_due
 select pgqueue.next_due(%(queues)s, %(tasks)s);

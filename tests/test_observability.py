@@ -82,8 +82,9 @@ def test_metrics_endpoint_counts_match_the_jobs_table(dsn, conn, spawn_worker):
                  "heartbeat_at) values (%s, 'dead', 'gone', 1, 1, now() - interval '1 hour')",
                  (dead,))
     (ghost,) = conn.execute(
-        "insert into pgqueue.jobs (task, queue, state, attempt, worker_id, started_at) "
-        "values ('obs.ghost', 'ghosts', 'running', 1, %s, now() - interval '1 hour') "
+        "insert into pgqueue.jobs (task, queue, state, attempt, max_attempts, worker_id, "
+        "started_at) values ('obs.ghost', 'ghosts', 'running', 1, 20, %s, "
+        "now() - interval '1 hour') "
         "returning id", (dead,)).fetchone()
     later = sql_enqueue(conn, "obs.ok", "later", [0], delay=3600)
     for i in range(5):

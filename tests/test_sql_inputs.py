@@ -182,8 +182,8 @@ def test_release_after_a_lost_reply_matches_the_attempt_not_just_the_id(conn):
     it) lost the reply of the claim that took attempt 2: matched by id alone, attempt 2
     was kept and stayed running under a live worker that never started it."""
     wid = str(uuid.uuid4())
-    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt) "
-                       "values ('t.a', 'running', %s, now(), 2) returning id",
+    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt, "
+                       "max_attempts) values ('t.a', 'running', %s, now(), 2, 20) returning id",
                        (wid,)).fetchone()[0]
     kept = conn.execute("select pgqueue.release_unknown(%s, %s, %s)",
                         (wid, [job], [2])).fetchall()
@@ -202,8 +202,8 @@ def _peer(conn: psycopg.Connection, stale_after: str | None, silent_for: str) ->
                  "%s::interval)", (wid, stale_after))
     conn.execute("update pgqueue.workers set heartbeat_at = now() - %s::interval "
                  "where id = %s", (silent_for, wid))
-    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt) "
-                       "values ('t.a', 'running', %s, now(), 1) returning id",
+    job = conn.execute("insert into pgqueue.jobs (task, state, worker_id, started_at, attempt, "
+                       "max_attempts) values ('t.a', 'running', %s, now(), 1, 20) returning id",
                        (wid,)).fetchone()[0]
     return wid, job
 

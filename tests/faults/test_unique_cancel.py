@@ -198,8 +198,10 @@ def test_release_of_a_lost_claim_keeps_a_cancel_request(dsn, fapp):
     b = fapp.tasks["faults.work"].enqueue()
     with psycopg.connect(dsn, autocommit=True) as conn:
         wid = conn.execute("select gen_random_uuid()").fetchone()[0]
+        # as a claim does: a running row has its max_attempts resolved
         conn.execute("update pgqueue.jobs set state = 'running', attempt = 1, worker_id = %s, "
-                     "started_at = now() where id = any(%s)", (wid, [a.id, b.id]))
+                     "started_at = now(), max_attempts = 50 where id = any(%s)",
+                     (wid, [a.id, b.id]))
         conn.execute("update pgqueue.jobs set cancel_requested_at = now() where id = %s",
                      (a.id,))
         released = {r[0] for r in conn.execute("select pgqueue.release_unknown(%s, %s)",

@@ -26,7 +26,7 @@ class Job(models.Model):
     priority = models.IntegerField()
     run_at = models.DateTimeField()
     attempt = models.IntegerField()
-    max_attempts = models.IntegerField()
+    max_attempts = models.IntegerField(null=True)  # null: the task's default, until claimed
     timeout = models.DurationField(null=True)
     unique_key = models.TextField(null=True)
     result = models.JSONField(null=True)
