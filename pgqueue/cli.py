@@ -791,24 +791,124 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
 
 @main.group()
 def embedded() -> None:
-    """The local PostgreSQL used when no DSN is configured."""
+    """The local PostgreSQL used when no DSN is configured: one server, one database
+    per project (the project directory, or $PGQUEUE_EMBEDDED_NAME)."""
+
+
+def _embedded_server(start: bool) -> Any:
+    """The default embedded server, started if ``start`` and it is set up but stopped."""
+    from .embedded import EmbeddedServer
+    s = EmbeddedServer()
+    if not (s.data / "PG_VERSION").exists():
+        raise click.ClickException(f"no embedded server is set up in {s.directory} (the "
+                                   "first command that needs a database sets it up)")
+    if start and not s.is_running():
+        try:
+            s.start()
+        except PgQueueError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"started the embedded server in {s.directory}", err=True)
+    return s
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 @embedded.command("status")
 def embedded_status() -> None:
-    """Where the embedded server lives and whether it runs."""
-    from .embedded import EmbeddedServer
+    """This project, its database, where the server keeps its data, whether it runs
+    and how to connect. Starts nothing."""
+    from .embedded import NAME_ENV, PROJECT_MARKERS, EmbeddedServer, current_project
     s = EmbeddedServer()
-    click.echo(f"directory: {s.directory}\nrunning:   {s.is_running()}\ndsn:       {s.dsn}\n"
-               f"psql:      {s.psql}")
+    p = current_project()
+    running = s.is_running()
+    if p.key.startswith("name:"):
+        project = f"{p.key[5:]!r} (from ${NAME_ENV})"
+    elif p.how in PROJECT_MARKERS:
+        project = f"{p.key} (holds {p.how}; ${NAME_ENV} overrides)"
+    else:
+        project = (f"{p.key} (the current directory: no {', '.join(PROJECT_MARKERS)} in it "
+                   f"or above; ${NAME_ENV} overrides)")
+    state = "server not running"
+    if running:
+        try:
+            names = {d["name"] for d in s.databases()}
+            state = "exists" if p.database in names else "created by the first command " \
+                                                         "that needs it"
+        except psycopg.Error as e:
+            state = f"unknown: {str(e).strip()}"
+    dsn = s.dsn_for(p.database)
+    try:
+        psql = str(s.psql)
+    except PgQueueError as e:
+        psql = f"- ({e})"
+    click.echo(f"project:   {project}\n"
+               f"database:  {p.database} ({state})\n"
+               f"directory: {s.directory}\n"
+               f"data:      {s.data}\n"
+               f"running:   {'yes' if running else 'no'}\n"
+               f"dsn:       {dsn}\n"
+               f"psql:      {psql}\n"
+               f"connect:   {psql} \"{dsn}\"\n"
+               "stop:      pgqueue embedded stop (the server keeps running after each "
+               "command, for every project)")
+
+
+@embedded.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def embedded_list(as_json: bool) -> None:
+    """The databases of the embedded server and the project of each (starts the server
+    if it is stopped). `*` marks this project's."""
+    from .embedded import current_project
+    s = _embedded_server(start=True)
+    mine = current_project().database
+    rows = s.databases()
+    if as_json:
+        click.echo(_dump([dict(r, current=r["name"] == mine) for r in rows]))
+        return
+    width = max(len("DATABASE"), *(len(str(r["name"])) for r in rows))
+    click.echo(f"  {'DATABASE':<{width}}  {'SIZE':>10}  PROJECT")
+    for r in rows:
+        key = r["key"]
+        project = (f"name {key[5:]!r}" if isinstance(key, str) and key.startswith("name:")
+                   else key if key is not None else "- (not a project's)")
+        click.echo(f"{'*' if r['name'] == mine else ' '} {r['name']:<{width}}  "
+                   f"{_mib(int(r['size'])):>10}  {project}")
+    click.echo(f"data: {s.data}")
+
+
+@embedded.command("drop")
+@click.argument("database", required=False)
+@click.option("--force", is_flag=True, help="Disconnect the database's sessions (workers, "
+                                            "shells) first.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def embedded_drop(database: str | None, force: bool, yes: bool) -> None:
+    """Delete DATABASE (default: this project's) with all its jobs, from the embedded
+    server (starts the server if it is stopped). `pgqueue embedded list` names them."""
+    from .embedded import current_project
+    s = _embedded_server(start=True)
+    database = database or current_project().database
+    if not yes:
+        click.confirm(f"Drop database {database} and every job in it?", abort=True)
+    try:
+        s.drop_database(database, force=force)
+    except PgQueueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"dropped {database}")
 
 
 @embedded.command("stop")
 def embedded_stop() -> None:
-    """Stop the embedded server."""
+    """Stop the embedded server (every project's database on it). The next command
+    that needs it starts it again."""
     from .embedded import EmbeddedServer
-    EmbeddedServer().stop()
-    click.echo("stopped")
+    s = EmbeddedServer()
+    if not s.is_running():
+        click.echo(f"not running ({s.directory})")
+        return
+    s.stop()
+    click.echo(f"stopped the embedded server in {s.directory}")
 
 
 # -- workflows -------------------------------------------------------------------------

