@@ -2,8 +2,8 @@
 
 A :class:`~pgqueue.Worker` creates one :class:`Observer` at start when anything is
 listening (Prometheus metrics, an error hook, or the ``pgqueue.worker`` logger enabled at
-INFO) and calls it once per outcome; with nothing listening the worker keeps ``None``
-and pays one ``is not None`` check per outcome.
+WARNING or below) and calls it once per outcome; with nothing listening the worker keeps
+``None`` and pays one ``is not None`` check per outcome.
 
 Error hooks (``@app.on_error`` and ``@app.task(on_error=...)``) receive an
 :class:`ErrorContext` on a dedicated thread, after the failed attempt was committed, so a
@@ -12,8 +12,19 @@ hook is logged (``pgqueue.worker``, ERROR) and otherwise ignored.
 
 Log lines carry structured ``extra`` fields: ``job_id``, ``task``, ``queue``,
 ``attempt``, ``worker_id`` and ``state`` (plus ``duration`` in seconds, ``error_type``
-and ``retry_at`` where they apply): one line at INFO per state change made by this
-worker (running, completed, retryable, discarded, cancelled, rescued).
+and ``retry_at`` where they apply), one line per state change made by this worker, at a
+level that says whether anyone needs to look:
+
+========================  =======  ===================================================
+outcome                   level    line
+========================  =======  ===================================================
+running, completed        DEBUG    one per job (a busy worker's log is not flooded)
+cancelled, rescued        INFO     the job and the attempt
+retryable                 WARNING  the exception's type and message, the next attempt
+discarded                 ERROR    the exception's type and message, full traceback
+fenced out                WARNING  a late outcome of this worker was rejected: the job,
+                                   the attempt it held, the attempt that owns it now
+========================  =======  ===================================================
 """
 
 from __future__ import annotations
@@ -133,12 +144,13 @@ class Observer:
 
     @classmethod
     def wanted(cls, worker: Worker) -> bool:
-        """Whether anything listens: metrics configured, a hook registered, INFO logs on."""
+        """Whether anything listens: metrics configured, a hook registered, WARNING logs
+        on (failures are logged at WARNING and ERROR)."""
         return (worker.metrics_port is not None or worker.metrics_registry is not None
                 or bool(getattr(worker.app, "error_hooks", ()))
                 or any(getattr(t, "on_error", None) is not None
                        for t in worker.app.tasks.values())
-                or log.isEnabledFor(logging.INFO))
+                or log.isEnabledFor(logging.WARNING))
 
     # -- outcomes ------------------------------------------------------------------
 
@@ -146,27 +158,27 @@ class Observer:
         """A job was claimed; ``latency`` is seconds from ``run_at`` to the claim (DB clock)."""
         if self.metrics is not None:
             self.metrics.started(r.queue, r.name, latency)
-        if log.isEnabledFor(logging.INFO):
-            log.info("job %s %s attempt %s/%s running", r.id, r.name, r.attempt,
-                     r.ctx.max_attempts, extra=_extra(self.worker, r, "running"))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s %s attempt %s/%s running", r.id, r.name, r.attempt,
+                      r.ctx.max_attempts, extra=_extra(self.worker, r, "running"))
 
     def completed(self, rs: list[_Running]) -> None:
         """Jobs recorded as completed (only those still owned: fenced-out ones excluded)."""
         now = time.monotonic()
-        info = log.isEnabledFor(logging.INFO)
+        debug = log.isEnabledFor(logging.DEBUG)
         for r in rs:
             took = (r.ended or now) - r.started
             if self.metrics is not None:
                 self.metrics.completed(r.queue, r.name, took)
-            if info:
-                log.info("job %s %s attempt %s completed in %.3f s", r.id, r.name, r.attempt,
-                         took, extra=_extra(self.worker, r, "completed", duration=took))
+            if debug:
+                log.debug("job %s %s attempt %s completed in %.3f s", r.id, r.name,
+                          r.attempt, took,
+                          extra=_extra(self.worker, r, "completed", duration=took))
 
     def failed(self, items: list[tuple[_Running, dict[str, Any], str | None]],
                retry_at: dict[int, dt.datetime] | None) -> None:
         """Failed attempts with the state ``pgqueue.fail`` returned (``None``: fenced out)."""
         now = time.monotonic()
-        info = log.isEnabledFor(logging.INFO)
         for r, err, state in items:
             if state is None:
                 continue
@@ -174,15 +186,58 @@ class Observer:
             when = retry_at.get(r.id) if retry_at else None
             if self.metrics is not None:
                 self.metrics.failed(r.queue, r.name, state, took)
-            if info:
-                log.info("job %s %s attempt %s/%s failed (%s%s): %s: %s", r.id, r.name,
-                         r.attempt, r.ctx.max_attempts, state,
-                         f", retry at {when.isoformat()}" if when else "",
-                         err.get("type"), err.get("message"),
-                         extra=_extra(self.worker, r, state, duration=took,
-                                      error_type=err.get("type"), retry_at=when))
+            self._log_failure(r, err, state, took, when)
             if self.has_hooks:
                 self._queue_hooks(r, err, state, when)
+
+    def _log_failure(self, r: _Running, err: dict[str, Any], state: str, took: float,
+                     when: dt.datetime | None) -> None:
+        """retryable: WARNING with the exception's type and message; discarded: ERROR
+        with the full traceback; cancelled: INFO."""
+        level = {"retryable": logging.WARNING, "discarded": logging.ERROR}.get(state,
+                                                                              logging.INFO)
+        if not log.isEnabledFor(level):
+            return
+        extra = _extra(self.worker, r, state, duration=took, error_type=err.get("type"),
+                       retry_at=when)
+        what = {"retryable": "will be retried", "discarded": "discarded",
+                "cancelled": "cancelled"}.get(state, state)
+        head = (f"job {r.id} {r.name} attempt {r.attempt}/{r.ctx.max_attempts} failed, "
+                f"{what}{f' at {when.isoformat()}' if when else ''}: "
+                f"{err.get('type')}: {err.get('message')}")
+        if state != "discarded":
+            log.log(level, "%s", head, extra=extra)
+            return
+        exc = r.exc
+        if exc is not None and exc.__traceback__ is not None:
+            log.error("%s", head, exc_info=(type(exc), exc, exc.__traceback__), extra=extra)
+        else:   # no exception object here (a timeout, an unreadable document): as stored
+            tb = err.get("traceback")
+            log.error("%s%s", head, f"\n{tb.rstrip()}" if tb else " (no traceback)",
+                      extra=extra)
+
+    def fenced(self, r: _Running, outcome: str, owner: tuple[Any, ...] | None) -> None:
+        """A late outcome of this worker was rejected by the attempt token: the job was
+        rescued (its worker looked dead) and is now another attempt's, or gone.
+
+        :param outcome: ``"success"`` or ``"failure"``.
+        :param owner: ``(attempt, state, worker_id)`` of the job now, or ``None`` when the
+            row is gone.
+        """
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        if owner is None:
+            now = "the job no longer exists"
+        else:
+            attempt, state, worker_id = owner
+            who = "this worker" if worker_id == self.worker.id else f"worker {worker_id}"
+            now = (f"attempt {attempt} now owns the job ({state}, {who})"
+                   if attempt != r.attempt else
+                   f"the job was taken from this attempt ({state}, no new attempt yet)")
+        log.warning("job %s %s: the %s of attempt %s was rejected, the job was rescued "
+                    "from this worker meanwhile: %s", r.id, r.name, outcome, r.attempt, now,
+                    extra=_extra(self.worker, r, "fenced", owner_attempt=(
+                        owner[0] if owner is not None else None)))
 
     def rescued(self, conn: psycopg.Connection, rows: list[tuple[int, str]]) -> None:
         """Running jobs of dead workers that this worker's heartbeat rescued."""

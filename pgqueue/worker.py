@@ -481,7 +481,7 @@ class Worker:
     # -- startup ---------------------------------------------------------------------
 
     def _start_observer(self) -> None:
-        """Create the observer (metrics, error hooks, INFO logs) if anything listens.
+        """Create the observer (metrics, error hooks, logs) if anything listens.
 
         :raises ConfigurationError: metrics asked for without ``prometheus-client``, or
             the metrics port cannot be bound.
@@ -770,7 +770,8 @@ class Worker:
                 "worker_id": self.id, "id": r.id, "attempt": r.attempt,
                 "result": payload}).fetchone()
             if row is None or row[0] is None:
-                raise _Abandoned()  # fenced out: roll the task's writes back
+                # fenced out: roll the task's writes back, say who owns the job now
+                raise _Abandoned(owner=conn.execute(q("job_owner"), {"id": r.id}).fetchone())
         r.ctx.connection = None
         self._forget(r)
         self.stats["completed"] += 1
@@ -819,7 +820,8 @@ class Worker:
                 "worker_id": self.id, "id": r.id, "attempt": r.attempt, "result": payload})
             row = await cur.fetchone()
             if row is None or row[0] is None:
-                raise _Abandoned()
+                cur = await conn.execute(q("job_owner"), {"id": r.id})
+                raise _Abandoned(owner=await cur.fetchone())
         r.ctx.connection = None
         self._forget(r)
         self.stats["completed"] += 1
@@ -847,6 +849,8 @@ class Worker:
     def _record_exception(self, r: _Running, e: BaseException) -> None:
         if isinstance(e, _Abandoned):
             self._forget(r)
+            if e.fenced and self._observer is not None:
+                self._observer.fenced(r, "success", e.owner)
             return
         with self._lock:
             if r.abandoned:
@@ -872,7 +876,7 @@ class Worker:
 
     def _record_failure(self, r: _Running, err: dict[str, Any], *, discard: bool = False,
                         retry_delay: float | None = None) -> None:
-        # The outcome is logged (INFO) once recorded, with the state it led to.
+        # The outcome is logged once recorded, with the state it led to.
         if r.ended is None:
             r.ended = time.monotonic()
         self._complete_q.put(("fail", r, (err, discard, retry_delay)))
@@ -959,20 +963,27 @@ class Worker:
         self.stats["completed"] += len(done)
         self.stats["failed"] += len(fails)
         if self._observer is not None:
-            self._observe_flush(done, completed, fails, states, retry_at)
+            self._observe_flush(conn, done, completed, fails, states, retry_at)
         if fails:   # a retry may be due before the next poll: recompute the wake-up time
             self._more = True
         self._wake.set()   # recorded outcomes free room for the next claim
 
-    def _observe_flush(self, done: list, completed: Any, fails: list, states: list,
-                       retry_at: Any) -> None:
+    def _observe_flush(self, conn: psycopg.Connection, done: list, completed: Any,
+                       fails: list, states: list, retry_at: Any) -> None:
         try:
+            fenced = []
             if completed is not None:
                 owned = {i for (i,) in completed.fetchall()}
                 self._observer.completed([r for r, _ in done if r.id in owned])
+                fenced += [(r, "success") for r, _ in done if r.id not in owned]
             if fails:
                 self._observer.failed([(r, p[0], st) for (r, p), st in zip(fails, states, strict=True)],
                                       retry_at)
+                fenced += [(r, "failure") for (r, _), st in zip(fails, states, strict=True)
+                           if st is None]
+            for r, outcome in fenced:   # rare: the job was rescued from under this worker
+                owner = conn.execute(q("job_owner"), {"id": r.id}).fetchone()
+                self._observer.fenced(r, outcome, owner)
         except Exception:  # noqa: BLE001 - the outcomes are committed; never redo them
             log.exception("observing %d outcomes failed", len(done) + len(fails))
 
@@ -1213,7 +1224,15 @@ def _timeout_error(r: _Running) -> dict[str, Any]:
 
 
 class _Abandoned(Exception):
-    """Internal: the attempt's outcome was decided elsewhere; roll back and forget it."""
+    """Internal: the attempt's outcome was decided elsewhere; roll back and forget it.
+
+    ``owner``, when given (``fenced`` is then true), is ``(attempt, state, worker_id)``
+    of the job after this worker's completion was fenced out (``None``: row gone)."""
+
+    def __init__(self, **kw: Any):
+        super().__init__()
+        self.fenced = "owner" in kw
+        self.owner = kw.get("owner")
 
 
 class _Unstorable(Exception):

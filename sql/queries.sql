@@ -63,6 +63,10 @@ select j.task, j.queue,
   from pgqueue.jobs j
  where j.id = %(id)s;
 
+-- name: job_owner
+-- Who owns a job now: read when a late outcome of this worker was fenced out.
+select attempt, state, worker_id from pgqueue.jobs where id = %(id)s;
+
 -- name: job_state
 select state, result, errors from pgqueue.jobs where id = %(id)s;
 
