@@ -17,7 +17,10 @@ app's pool, so a task that exhausts the pool cannot stall the worker's bookkeepi
 
 A watchdog shuts down the socket of any of them that hangs (a black-holed network),
 so every connection recovers on its own; the process never exits because the
-database went away for a while.
+database went away for a while. During an outage each connection retries every 0.5 s
+for the first 30 s, then every 1.5 s, and whichever reconnects first triggers a
+catch-up claim, so a job enqueued meanwhile starts within 2 s of the database
+accepting connections again.
 
 Sync tasks run on ``concurrency`` threads; ``async def`` tasks on one event loop
 thread; both share the same ``concurrency`` slots.
@@ -75,6 +78,15 @@ LISTENER_TIMEOUT = 5.0
 #: transaction-scoped advisory lock taken by the one worker that prunes in a round
 PRUNE_LOCK = 0x706771756576
 COMPLETE_BATCH = 400
+#: seconds between reconnect attempts for the first RECONNECT_FAST_FOR seconds of an
+#: outage, then RECONNECT_SLOW: every connection of the worker retries on its own, and
+#: the first one back triggers a claim, so a job enqueued during an outage of any
+#: length starts within 2 s of the database accepting connections again (DESIGN §8)
+RECONNECT_FAST = 0.5
+RECONNECT_FAST_FOR = 30.0
+RECONNECT_SLOW = 1.5
+#: seconds between two warnings of the same connection while its outage lasts
+OUTAGE_LOG_EVERY = 30.0
 
 
 #: characters of an error message or traceback kept per attempt (head and tail)
@@ -170,7 +182,12 @@ def _parse(text: str, what: str) -> Any:
 
 
 class _Conn:
-    """A dedicated autocommit connection that reconnects and can be cut by the watchdog."""
+    """A dedicated autocommit connection that reconnects and can be cut by the watchdog.
+
+    After a failure, callers wait :meth:`backoff` seconds before the next attempt; the
+    first connection made after a failure is a reconnect, and tells the worker, which
+    claims at once what was enqueued while the database was away (DESIGN §8).
+    """
 
     def __init__(self, worker: Worker, role: str):
         self.worker = worker
@@ -178,11 +195,17 @@ class _Conn:
         self.conn: psycopg.Connection | None = None
         self.busy_since: float | None = None
         self.failures = 0
+        #: monotonic time of the first failure since the last success (None: healthy)
+        self.down_since: float | None = None
+        self._logged_at = 0.0
 
     def get(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.close()
             self.conn = self.worker._connect(self.role)
+            if self.down_since is not None:
+                away, self.down_since = time.monotonic() - self.down_since, None
+                self.worker._reconnected(self.role, away)
         return self.conn
 
     def close(self) -> None:
@@ -193,27 +216,56 @@ class _Conn:
             except Exception:  # pragma: no cover - closing a broken connection
                 pass
 
+    def failed(self) -> None:
+        """Record a lost connection or a failed connection attempt (the connection is
+        dropped; the next :meth:`get` reconnects)."""
+        self.close()
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
     def run(self, fn: Callable[[psycopg.Connection], Any]) -> Any:
         """Run ``fn(conn)``; on a connection error drop the connection and re-raise."""
-        conn = self.get()
-        self.busy_since = time.monotonic()
+        conn = None
         try:
+            conn = self.get()
+            self.busy_since = time.monotonic()
             out = fn(conn)
             self.failures = 0
             return out
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            if _server_timeout(e) and not conn.broken:
+            if _server_timeout(e) and conn is not None and not conn.broken:
                 # A held lock, not a lost server: keep the session, and do not back off
                 # further each time (the statement itself already waited its timeout).
                 raise
-            self.close()
-            self.failures += 1
+            self.failed()
             raise
         finally:
             self.busy_since = None
 
     def backoff(self) -> float:
-        return min(5.0, 0.1 * 2 ** min(self.failures, 6))
+        """Seconds to wait before the next attempt: 0.1 after a first failure (a blip),
+        then ``RECONNECT_FAST`` for the first ``RECONNECT_FAST_FOR`` seconds of an
+        outage, ``RECONNECT_SLOW`` after that."""
+        if self.failures <= 1 or self.down_since is None:
+            return 0.1
+        away = time.monotonic() - self.down_since
+        return RECONNECT_FAST if away < RECONNECT_FAST_FOR else RECONNECT_SLOW
+
+    def should_log(self) -> bool:
+        """Whether to log this failure: a connection error only at the start of an
+        outage and then every ``OUTAGE_LOG_EVERY`` seconds (retries are frequent)."""
+        now = time.monotonic()
+        if self.failures <= 1 or now - self._logged_at >= OUTAGE_LOG_EVERY:
+            self._logged_at = now
+            return True
+        return False
+
+    def outage(self) -> str:
+        """`` (database unreachable for N s)`` during an outage, else empty."""
+        if self.down_since is None or self.failures <= 1:
+            return ""
+        return f" (unreachable for {time.monotonic() - self.down_since:.0f} s)"
 
     def cut(self) -> None:
         """Shut the socket down from another thread, so a blocked call returns."""
@@ -580,7 +632,9 @@ class Worker:
                         log.exception("claim failed")
                         self._stopping.wait(1.0)
                         continue
-                    log.warning("claim failed (%s); retrying", str(e).strip())
+                    if not self._claim.failures or self._claim.should_log():
+                        log.warning("claim failed (%s)%s; retrying", str(e).strip(),
+                                    self._claim.outage())
                     # A lock timeout retries at once (the claim queues for the lock again
                     # and gets it the moment it goes); a lost connection backs off. Either
                     # wait ends early on a notification or stop().
@@ -923,8 +977,9 @@ class Worker:
                 pending = []
             except Exception as e:
                 if _transient(e):
-                    log.warning("recording %d outcomes failed (%s); retrying", len(pending),
-                                str(e).strip())
+                    if not self._completer.failures or self._completer.should_log():
+                        log.warning("recording %d outcomes failed (%s)%s; retrying",
+                                    len(pending), str(e).strip(), self._completer.outage())
                     time.sleep(self._completer.backoff())
                 else:
                     log.exception("recording outcomes failed; retrying one by one")
@@ -1052,7 +1107,8 @@ class Worker:
             try:
                 self._heartbeat_once()
             except Exception as e:  # noqa: BLE001
-                log.warning("heartbeat failed: %s", str(e).strip())
+                if not self._heart.failures or self._heart.should_log():
+                    log.warning("heartbeat failed: %s%s", str(e).strip(), self._heart.outage())
                 next_at = time.monotonic() + min(self.heartbeat_interval, self._heart.backoff())
 
     def _signal_cancel(self, job_id: int) -> None:
@@ -1064,6 +1120,16 @@ class Worker:
         r.ctx._cancel.set()
         if r.future is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(r.future.cancel)
+
+    def _reconnected(self, role: str, away: float) -> None:
+        """A connection of ``role`` is back after a failure: claim at once what was
+        enqueued meanwhile. Whichever connection notices first (claim, completer,
+        heartbeat, listener, maintenance) wakes the claim loop; the listener claims
+        again once it LISTENs."""
+        log.info("%s connection re-established after %.1f s; claiming what arrived "
+                 "meanwhile", role, away)
+        self._more = True
+        self._wake.set()
 
     # -- listener --------------------------------------------------------------------
 
@@ -1092,10 +1158,11 @@ class Worker:
             except Exception as e:  # noqa: BLE001
                 if self._done.is_set():
                     return
-                log.warning("listener connection lost (%s); reconnecting", str(e).strip())
-                self._listener.close()
-                self._done.wait(self._listener.backoff() or 0.5)
-                self._listener.failures += 1
+                self._listener.failed()
+                if self._listener.should_log():
+                    log.warning("listener connection lost (%s)%s; reconnecting",
+                                str(e).strip(), self._listener.outage())
+                self._done.wait(self._listener.backoff())
 
     def _on_notify(self, n: psycopg.Notify) -> None:
         if n.channel == "pgqueue_jobs" or n.channel == "pgqueue_requeued":

@@ -1,10 +1,10 @@
 """Fault injectors and measuring helpers of the fault-injection suite.
 
 - :class:`Proxy`: a TCP proxy between a worker and the database that can drop its
-  connections, black-hole them (stop forwarding without closing: the peer sees silence)
-  or swallow only the server's replies; connections are tagged with the
-  ``application_name`` of their startup packet, so one worker connection
-  (``pgqueue-worker:listen``) can be singled out.
+  connections, black-hole them (stop forwarding without closing: the peer sees silence),
+  swallow only the server's replies, or play an outage (refuse every connection);
+  connections are tagged with the ``application_name`` of their startup packet, so one
+  worker connection (``pgqueue-worker:listen``) can be singled out.
 - :class:`PgBouncer`: a throwaway PgBouncer in transaction pooling mode in front of the
   test server (Debian's ``pgbouncer``; run inside a user namespace as root).
 - :class:`Fleet`: real ``pgqueue worker`` processes to SIGKILL/SIGSTOP/SIGCONT/SIGTERM,
@@ -312,6 +312,8 @@ class Proxy:
         self.dsn = dsn
         self.links: list[_Link] = []
         self.accepted = 0
+        self.refusing = False       # new connections are closed at once (a server away)
+        self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
@@ -361,6 +363,10 @@ class Proxy:
 
     # forwarding
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            writer.transport.abort()
+            return
         self.accepted += 1
         link = _Link(self, writer)
         self.links.append(link)
@@ -438,6 +444,16 @@ class Proxy:
         for lk in found:
             self._loop.call_soon_threadsafe(lk.close)
         return len(found)
+
+    def go_away(self) -> int:
+        """An outage as the clients see it: every connection is closed and new ones are
+        closed as soon as they open, until :meth:`come_back`. Returns how many closed."""
+        self.refusing = True
+        return self.drop()
+
+    def come_back(self) -> None:
+        """End the outage: new connections are forwarded again."""
+        self.refusing = False
 
     def tags(self) -> list[str]:
         return sorted(lk.tag or "?" for lk in self.links if not lk.closed)
