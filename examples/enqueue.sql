@@ -37,7 +37,7 @@ select pgqueue.enqueue(
 select pgqueue.enqueue(
            'examples.scan_stdlib.count_file',
            args => jsonb_build_array(:scan_id, :'file'),
-           run_at => now() + interval '5 minutes',
+           delay => interval '5 minutes',   -- from this statement, not the transaction's start
            unique_key => 'rescan:' || :'file'
        ) as delayed_job_id \gset
 
@@ -45,7 +45,7 @@ select pgqueue.enqueue(
 select pgqueue.enqueue(
            'examples.scan_stdlib.count_file',
            args => jsonb_build_array(:scan_id, :'file'),
-           run_at => now() + interval '5 minutes',
+           delay => interval '5 minutes',   -- from this statement, not the transaction's start
            unique_key => 'rescan:' || :'file'
        ) = :delayed_job_id as deduplicated;
 
