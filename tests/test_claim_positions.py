@@ -76,7 +76,8 @@ def test_b23_worker_statements_read_past_dead_entries_kept_by_an_old_snapshot(ds
             params = positions.params() if use_positions else ClaimPositions().params()
             got, n = _read(c, "jobs_claim_idx", q("claim"),
                            {"worker_id": wid, "queues": ["pos"], "tasks": None,
-                            "batch": batch, **params})
+                            "batch": batch, "task_max_attempts": None,
+                            "task_timeouts": None, **params})
             if use_positions:
                 positions.taken(got, batch)
             return got, n
@@ -136,7 +137,9 @@ def test_positions_never_skip_a_higher_priority_or_an_announced_earlier_job(dsn,
 
         def claim(batch: int) -> list:
             got = c.execute(q("claim"), {"worker_id": wid, "queues": ["pos"], "tasks": None,
-                                         "batch": batch, **positions.params()}).fetchall()
+                                         "batch": batch, "task_max_attempts": None,
+                                         "task_timeouts": None,
+                                         **positions.params()}).fetchall()
             positions.taken(got, batch)
             return [r[0] for r in got]
 
