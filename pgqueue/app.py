@@ -110,6 +110,8 @@ class App:
         self.tasks: dict[str, Task] = {}
         #: functions called with an :class:`~pgqueue.ErrorContext` for every failed attempt
         self.error_hooks: list[Callable[[Any], Any]] = []
+        #: periodic jobs declared with :meth:`periodic`, by schedule name
+        self.schedules: dict[str, Any] = {}
         self._pool = None
         self._lock = threading.Lock()
 
@@ -219,6 +221,76 @@ class App:
         """
         self.error_hooks.append(fn)
         return fn
+
+    def periodic(self, target: Any = None, *, cron: str | None = None,
+                 every: float | dt.timedelta | None = None, tz: str = "UTC",
+                 name: str | None = None, catch_up: str = "latest", catch_up_limit: int = 100,
+                 queue: str | None = None, priority: int | None = None) -> Any:
+        """Declare a periodic job: ``target`` is enqueued at every slot of a cron
+        expression (in time zone ``tz``) or of a fixed interval.
+
+        Declarations are written to ``pgqueue.schedules`` when a worker of this app
+        starts; any live worker then enqueues each slot exactly once, at the database's
+        time (README "Periodic jobs"). Nothing is written here.
+
+        :param target: a task, or a signature with its arguments (``report.s("daily")``).
+            Omitted, ``periodic`` is a decorator to stack over ``@app.task``.
+        :param cron: five-field cron expression (month and weekday names allowed) or an
+            alias (``@hourly``, ``@daily``, ...). Exactly one of ``cron`` and ``every``.
+        :param every: interval in seconds (at least 1) or a ``timedelta``; slots are
+            aligned to the Unix epoch.
+        :param tz: IANA time zone of ``cron`` (default ``"UTC"``).
+        :param name: schedule name, unique in this app; default the task name.
+        :param catch_up: slots missed while no worker ran or the schedule was paused:
+            ``"latest"`` (default) enqueues the most recent once, ``"all"`` each of them
+            up to ``catch_up_limit`` (the most recent ones), ``"none"`` none.
+        :param queue: queue of each job; default the signature's, then the task's.
+        :param priority: priority of each job; default the signature's, then the task's.
+        :raises ScheduleError: (a ``ValueError``) bad expression, interval, time zone,
+            policy, or a name already declared; ``TypeError`` for arguments the task's
+            signature does not accept.
+        :returns: ``target`` (the task, when used as a decorator).
+
+        A task that has a ``schedule_slot`` parameter receives the slot (an aware UTC
+        ``datetime``; ``None`` for a manual trigger).
+
+        >>> @app.periodic(cron="0 9 * * MON-FRI", tz="Europe/Paris")
+        ... @app.task
+        ... def morning_report(): ...
+        >>> app.periodic(cleanup.s(days=30), every=3600)
+        """
+        from .schedule import PeriodicTask, Schedule, ScheduleError, check_catch_up
+        sched = Schedule(cron=cron, every=every, tz=tz)
+        catch_up, catch_up_limit = check_catch_up(catch_up, catch_up_limit)
+        checked = _validate_options(queue=queue, priority=priority)
+
+        def declare(t: Any) -> Any:
+            from .workflow import Signature
+            if isinstance(t, Signature):
+                task, args, kwargs = t.task, t.args, t.kwargs
+                opts = t.options
+            elif isinstance(t, Task):
+                task, args, kwargs, opts = t, (), {}, {}
+            elif callable(t):
+                raise ScheduleError("app.periodic decorates a task: put @app.periodic(...) "
+                                    "above @app.task")
+            else:
+                raise ScheduleError(f"app.periodic needs a task or a signature, got {t!r}")
+            sname = name if name is not None else task.name
+            if not isinstance(sname, str) or not 1 <= len(sname) <= 200 or "\x00" in sname:
+                raise ScheduleError(f"schedule name must have 1 to 200 characters, got {sname!r}")
+            if sname in self.schedules:
+                raise ScheduleError(f"a schedule named {sname!r} is already declared in this "
+                                    "app; pass name= to tell them apart")
+            serialization.encode(list(args), "args")
+            serialization.encode(dict(kwargs), "kwargs")
+            self.schedules[sname] = PeriodicTask(
+                name=sname, task_name=task.name, args=tuple(args), kwargs=dict(kwargs),
+                schedule=sched, queue=checked.get("queue", opts.get("queue")),
+                priority=checked.get("priority", opts.get("priority")),
+                catch_up=catch_up, catch_up_limit=catch_up_limit, signature=task)
+            return t
+        return declare(target) if target is not None else declare
 
     def get_task(self, name: str) -> Task:
         """The registered task called ``name``. Raises :class:`UnknownTaskError`."""

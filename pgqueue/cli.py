@@ -257,12 +257,16 @@ def load_app(spec: str) -> App:
               help="Seconds between maintenance rounds (pruning, long-transaction check).")
 @click.option("--xmin-warn-after", default=60.0, show_default=True, type=SECONDS,
               help="Warn when a transaction holding back vacuum is older than this (s).")
+@click.option("--no-scheduler", is_flag=True,
+              help="Do not fire periodic jobs from this worker (others still do; the app's "
+                   "declarations are still written).")
 @pass_ctx
 def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
            poll_interval: float, shutdown_grace: float, heartbeat_interval: float,
            stale_after: float, no_listen: bool, name: str | None, schema_wait: float,
            metrics_port: int | None, metrics_host: str, metrics_interval: float,
-           retention: str, maintenance_interval: float, xmin_warn_after: float) -> None:
+           retention: str, maintenance_interval: float, xmin_warn_after: float,
+           no_scheduler: bool) -> None:
     """Run jobs until SIGTERM/SIGINT (graceful: finish, then hand back, exit 0)."""
     from .worker import Worker
     prune_after = None if retention.strip().lower() in ("off", "none", "never") \
@@ -277,7 +281,8 @@ def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
                    listen=not no_listen, name=name, schema_wait=schema_wait,
                    metrics_port=metrics_port, metrics_host=metrics_host,
                    metrics_interval=metrics_interval, prune_after=prune_after,
-                   maintenance_interval=maintenance_interval, xmin_warn_after=xmin_warn_after)
+                   maintenance_interval=maintenance_interval, xmin_warn_after=xmin_warn_after,
+                   scheduler=not no_scheduler)
         code = w.run()
     except PgQueueError as e:
         raise click.ClickException(str(e)) from None
@@ -707,12 +712,14 @@ def metrics(obj: Ctx, stale_after: float) -> None:
 @click.option("--max-unserved-age", default="1m", show_default=True, metavar="DURATION",
               help="Unhealthy when a due job that no live worker runs (its task or queue "
                    "unknown to every worker) has waited longer (0s: skip).")
+@click.option("--max-schedule-lag", default="1m", show_default=True, metavar="DURATION",
+              help="Unhealthy when an active schedule's slot is overdue by longer (0s: skip).")
 @click.option("-q", "--queue", "queues", multiple=True,
               help="Check only these queues and the workers serving them (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: str,
-          queues: tuple[str, ...], as_json: bool) -> None:
+          max_schedule_lag: str, queues: tuple[str, ...], as_json: bool) -> None:
     """Health check for probes and cron: exit 0 when healthy, else exit 1 with the
     reasons: database unreachable, schema not at this code's version, no worker
     heartbeat within --max-heartbeat-age, a due job waiting longer than --max-job-age,
@@ -721,6 +728,7 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
     hb_limit = parse_duration(max_heartbeat_age, "--max-heartbeat-age")
     age_limit = parse_duration(max_job_age, "--max-job-age")
     unserved_limit = parse_duration(max_unserved_age, "--max-unserved-age")
+    lag_limit = parse_duration(max_schedule_lag, "--max-schedule-lag")
     qs = list(queues) or None
     reasons: list[str] = []
     report: dict[str, Any] = {"schema_version": None,
@@ -766,6 +774,13 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
                                        f"live worker runs, oldest waiting {age:.0f} s (limit "
                                        f"{unserved_limit:g} s); start a worker whose app "
                                        "registers that task and claims that queue")
+                if lag_limit > 0:
+                    rows = conn.execute(q("schedules_overdue"), {"lag": lag_limit}).fetchall()
+                    report["overdue_schedules"] = [{"name": n, "next_slot": t, "lag_seconds": a}
+                                                   for n, t, a in rows]
+                    for name, _, lag in rows:
+                        reasons.append(f"schedule {name}: its slot is overdue by {lag:.0f} s "
+                                       f"(limit {lag_limit:g} s); is any worker running?")
             except psycopg.Error as e:
                 if not any(r.startswith("schema:") for r in reasons):
                     reasons.append(f"database: {str(e).strip()}")
@@ -938,6 +953,133 @@ def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
         click.echo(_dump({"workflow": wf, "steps": steps}))
     else:
         click.echo(render(wf, steps))
+
+
+# -- schedules -----------------------------------------------------------------------
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Periodic jobs (pgqueue.schedules): list, show, pause, resume, trigger."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(schedules_list)
+
+
+def _schedule_rows(obj: Ctx, name: str | None) -> list[dict[str, Any]]:
+    with obj.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(
+            q("schedules_list"), {"name": name}).fetchall()
+    if name is not None and not rows:
+        raise click.ClickException(f"no schedule named {name!r}; pgqueue schedules list "
+                                   "shows them")
+    for r in rows:
+        r["expression"] = r["cron"] if r["cron"] is not None else f"every {r['every']:g}s"
+    return rows
+
+
+def _local(t: dt.datetime | None, tz: str) -> str:
+    from zoneinfo import ZoneInfo
+    if t is None:
+        return "-"
+    try:
+        return t.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except Exception:  # noqa: BLE001 - a zone this machine lacks
+        return "?"
+
+
+@schedules.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (a JSON array).")
+@pass_ctx
+def schedules_list(obj: Ctx, as_json: bool) -> None:
+    """Every schedule: expression, time zone, next slot (UTC and local), last fired."""
+    rows = _schedule_rows(obj, None)
+    if as_json:
+        click.echo(_dump(rows))
+        return
+    for r in rows:
+        r["next_utc"] = _fmt_time(r["next_slot"])
+        r["next_local"] = _local(r["next_slot"], r["tz"])
+        r["last_fired"] = _fmt_time(r["last_fired_at"])
+        r["state"] = ("paused" if r["paused"] else "undeclared" if not r["declared"]
+                      else "active")
+    _table(rows, ["name", "task", "expression", "tz", "next_utc", "next_local",
+                  "last_fired", "state"])
+
+
+@schedules.command("show")
+@click.argument("name")
+@click.option("--next", "count", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="How many coming slots to list.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def schedules_show(obj: Ctx, name: str, count: int, as_json: bool) -> None:
+    """One schedule and its next COUNT slots, computed by the worker's own code."""
+    from .schedule import Schedule, ScheduleError
+    (r,) = _schedule_rows(obj, name)
+    coming: list[dt.datetime] = []
+    try:
+        sched = Schedule(cron=r["cron"], every=r["every"], tz=r["tz"])
+        start = r["next_slot"] or dt.datetime.now(dt.timezone.utc)
+        if r["next_slot"] is not None and count:
+            coming.append(r["next_slot"])
+        it = sched.iter_after(start)
+        while len(coming) < count:
+            coming.append(next(it))
+    except ScheduleError as e:
+        r["error"] = str(e)
+    r["coming"] = coming
+    if as_json:
+        click.echo(_dump(r))
+        return
+    for k in ("name", "task", "expression", "tz", "args", "kwargs", "queue", "priority",
+              "catch_up", "paused", "declared", "declared_by", "last_slot", "last_fired_at",
+              "last_job_id"):
+        click.echo(f"{k + ':':15} {_cell(r[k])}")
+    if r.get("error"):
+        click.echo(f"{'error:':15} {r['error']}")
+    click.echo("next slots:")
+    for t in coming:
+        click.echo(f"  {_fmt_time(t)}  ({_local(t, r['tz'])})")
+
+
+def _pause_schedule(obj: Ctx, name: str, paused: bool) -> None:
+    with obj.connect() as conn:
+        try:
+            conn.execute(q("schedule_pause"), {"name": name, "paused": paused})
+        except psycopg.errors.NoDataFound:
+            raise click.ClickException(f"no schedule named {name!r}; pgqueue schedules list "
+                                       "shows them") from None
+    click.echo(f"schedule {name}: {'paused' if paused else 'active'}")
+
+
+@schedules.command("pause")
+@click.argument("name")
+@pass_ctx
+def schedules_pause(obj: Ctx, name: str) -> None:
+    """Stop firing schedule NAME (slots missed meanwhile follow its catch-up policy)."""
+    _pause_schedule(obj, name, True)
+
+
+@schedules.command("resume")
+@click.argument("name")
+@pass_ctx
+def schedules_resume(obj: Ctx, name: str) -> None:
+    """Fire schedule NAME again; also adopts a schedule no app declares any more."""
+    _pause_schedule(obj, name, False)
+
+
+@schedules.command("trigger")
+@click.argument("name")
+@pass_ctx
+def schedules_trigger(obj: Ctx, name: str) -> None:
+    """Enqueue one run of schedule NAME now, outside its slot series."""
+    with obj.connect() as conn:
+        try:
+            (job_id,) = conn.execute(q("schedule_trigger"), {"name": name}).fetchone()
+        except psycopg.errors.NoDataFound:
+            raise click.ClickException(f"no schedule named {name!r}; pgqueue schedules list "
+                                       "shows them") from None
+    click.echo(f"schedule {name}: enqueued job {job_id}")
 
 
 def _register_optional() -> None:

@@ -38,6 +38,8 @@ served from that cache:
 - ``pgqueue_queue_oldest_available_age_seconds{queue}``: age of the oldest job that is
   due and not running (0 when none);
 - ``pgqueue_queue_paused{queue}``: 1 when the queue is paused;
+- ``pgqueue_schedule_overdue_seconds{schedule}``: how long the next slot of each active
+  schedule has been due and not fired (0 when on time);
 - ``pgqueue_workers_alive``: workers that heartbeated within their own ``stale_after``
   (this collector's for workers that recorded none);
 - ``pgqueue_database_up``: 1 when the last refresh succeeded, else 0;
@@ -103,6 +105,9 @@ _DB_QUEUES = "select name, paused from pgqueue.queues"
 _DB_WORKERS = ("select count(*) from pgqueue.workers "
                "where heartbeat_at > now() - coalesce(stale_after, "
                "make_interval(secs => %s::float8))")
+#: each active schedule and how late its next slot is (negative: not due yet)
+_DB_SCHEDULES = ("select name, coalesce(extract(epoch from now() - next_slot)::float8, 0) "
+                 "from pgqueue.schedules where not paused and declared")
 
 
 class DatabaseCollector(Collector):
@@ -126,6 +131,7 @@ class DatabaseCollector(Collector):
         self._jobs: list[tuple[str, str, int, float | None]] = []
         self._queues: list[tuple[str, bool]] = []
         self._alive: int | None = None
+        self._schedules: list[tuple[str, float]] = []
         self._up = 0
         self._refreshed_at: float | None = None
         #: the exception of the last failed :meth:`refresh`, else ``None``
@@ -145,6 +151,7 @@ class DatabaseCollector(Collector):
                 jobs = conn.execute(_DB_JOBS).fetchall()
                 queues = conn.execute(_DB_QUEUES).fetchall()
                 (alive,) = conn.execute(_DB_WORKERS, (self.stale_after,)).fetchone()
+                schedules = conn.execute(_DB_SCHEDULES).fetchall()
         except Exception as e:  # noqa: BLE001 - metrics never take the worker down
             log.warning("refreshing database metrics failed: %s", str(e).strip())
             self._up = 0
@@ -154,6 +161,7 @@ class DatabaseCollector(Collector):
             return False
         with self._lock:
             self._jobs, self._queues, self._alive = jobs, queues, alive
+            self._schedules = schedules
             self._up = 1
             self._refreshed_at = time.time()
         self.last_error = None
@@ -171,6 +179,7 @@ class DatabaseCollector(Collector):
     def collect(self):  # noqa: D102 - prometheus_client protocol
         with self._lock:
             jobs, queues, alive = self._jobs, self._queues, self._alive
+            schedules = self._schedules
             up, at = self._up, self._refreshed_at
         depth = GaugeMetricFamily("pgqueue_queue_jobs", "Unfinished jobs by queue and state",
                                   labels=["queue", "state"])
@@ -195,6 +204,13 @@ class DatabaseCollector(Collector):
         yield depth
         yield oldest
         yield paused
+        lag = GaugeMetricFamily(
+            "pgqueue_schedule_overdue_seconds",
+            "Seconds the schedule's next slot is overdue (0: on time or paused)",
+            labels=["schedule"])
+        for name, seconds in schedules:
+            lag.add_metric([name], max(0.0, seconds))
+        yield lag
         if alive is not None:
             yield GaugeMetricFamily("pgqueue_workers_alive",
                                     "Workers that heartbeated within the stale threshold",

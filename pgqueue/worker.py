@@ -325,6 +325,9 @@ class Worker:
         finished longer ago. ``None`` turns automatic pruning off (``pgqueue prune``).
     :param maintenance_interval: seconds between maintenance rounds (pruning and the
         long-transaction check; default 60.0).
+    :param scheduler: fire periodic jobs from this worker (default True). Every worker
+        writes its app's schedule declarations at start either way; any one live
+        worker with a scheduler fires each slot once.
     :param xmin_warn_after: warn when the oldest open transaction in the database is
         older than this many seconds (default 60.0): it holds back vacuum, so the dead
         rows of finished jobs pile up and claiming slows down. The last finding is in
@@ -339,7 +342,8 @@ class Worker:
                  claim_batch: int = 100, metrics_port: int | None = None,
                  metrics_host: str = "127.0.0.1", metrics_registry: Any = None,
                  metrics_interval: float = 15.0, prune_after: float | None = 7 * 86400.0,
-                 maintenance_interval: float = 60.0, xmin_warn_after: float = 60.0):
+                 maintenance_interval: float = 60.0, xmin_warn_after: float = 60.0,
+                 scheduler: bool = True):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
         if heartbeat_interval * 3 > stale_after + 1e-9:
@@ -380,6 +384,9 @@ class Worker:
         self.prune_after = prune_after
         self.maintenance_interval = maintenance_interval
         self.xmin_warn_after = xmin_warn_after
+        #: run the scheduler component (fires periodic jobs; see pgqueue.schedule)
+        self.scheduler = scheduler
+        self._scheduler: Any = None
         #: the oldest open transaction of the database at the last maintenance round:
         #: dict(age, pid, user, application, state, query), or None
         self.oldest_transaction: dict[str, Any] | None = None
@@ -468,6 +475,7 @@ class Worker:
         self._start_observer()
         try:
             self._heartbeat_once()
+            self._start_scheduler()
         except BaseException:
             self._stop_observer()
             self._restore_signal_handlers()
@@ -1230,9 +1238,24 @@ class Worker:
 
     # -- shutdown --------------------------------------------------------------------
 
+    def _start_scheduler(self) -> None:
+        """Write the app's schedule declarations, then start the scheduler component,
+        which fires due slots of every schedule (declared here, by another app, or from
+        SQL) once across all workers."""
+        from ._scheduler import Scheduler, upsert_declarations
+        with self._connect("scheduler") as conn:
+            upsert_declarations(conn, self.app.schedules.values(), self._tasks_names, self.name)
+        if not self.scheduler:
+            return
+        self._scheduler = Scheduler(lambda: self._connect("scheduler"),
+                                    poll_interval=self.poll_interval, listen=self.listen)
+        self._scheduler.start()
+
     def _shutdown(self) -> None:
         log.info("worker %s stopping: %d jobs running, grace %.1f s", self.name, self._busy,
                  self.shutdown_grace)
+        if self._scheduler is not None:
+            self._scheduler.stop()
         deadline = time.monotonic() + self.shutdown_grace
         while self._busy > 0 and time.monotonic() < deadline and not self._hurry.is_set():
             self._check_timeouts()

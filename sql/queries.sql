@@ -238,3 +238,76 @@ select j.queue, extract(epoch from now() - min(j.run_at))::float8 as age
    and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
  group by j.queue
  order by age desc;
+
+-- name: schedules_due
+-- The schedules a scheduler must act on now (database clock): due, or with no next
+-- slot yet; and now() itself, the instant slots are judged against.
+select name, cron, extract(epoch from every)::float8 as every, tz, catch_up, catch_up_limit,
+       next_slot, now() as now
+  from pgqueue.schedules
+ where not paused and declared and (next_slot is null or next_slot <= now())
+ order by next_slot nulls first, name
+ limit 100;
+
+-- name: schedules_wait
+-- Seconds until the earliest next slot (null: nothing scheduled).
+select extract(epoch from min(next_slot) - now())::float8
+  from pgqueue.schedules
+ where not paused and declared;
+
+-- name: schedule_fire
+select pgqueue.fire_schedule(%(name)s, %(expected)s, %(slots)s::timestamptz[], %(next_slot)s);
+
+-- name: schedule_get_for_update
+select name, task, args, kwargs, cron, extract(epoch from every)::float8 as every, tz, queue,
+       priority, catch_up, catch_up_limit, pass_slot, declared, declared_by, next_slot, now()
+  from pgqueue.schedules
+ where name = %(name)s
+   for update;
+
+-- name: schedule_insert
+insert into pgqueue.schedules (name, task, args, kwargs, cron, every, tz, queue, priority,
+                               catch_up, catch_up_limit, pass_slot, declared_by, next_slot)
+values (%(name)s, %(task)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(cron)s,
+        make_interval(secs => %(every)s::float8), %(tz)s, %(queue)s, %(priority)s,
+        %(catch_up)s, %(catch_up_limit)s, %(pass_slot)s, %(declared_by)s, %(next_slot)s);
+
+-- name: schedule_update
+update pgqueue.schedules
+   set task = %(task)s, args = %(args)s::jsonb, kwargs = %(kwargs)s::jsonb, cron = %(cron)s,
+       every = make_interval(secs => %(every)s::float8), tz = %(tz)s, queue = %(queue)s,
+       priority = %(priority)s, catch_up = %(catch_up)s, catch_up_limit = %(catch_up_limit)s,
+       pass_slot = %(pass_slot)s, declared_by = %(declared_by)s, declared = true,
+       next_slot = case when %(reslot)s then %(next_slot)s else next_slot end,
+       updated_at = now()
+ where name = %(name)s;
+
+-- name: schedules_undeclare
+-- Schedules of tasks this app registers, declared by a worker of an app, that this app
+-- no longer declares: kept, and fire no more until an operator resumes them.
+update pgqueue.schedules
+   set declared = false, updated_at = now()
+ where task = any(%(tasks)s) and not (name = any(%(names)s)) and declared
+   and declared_by like 'app:%%'
+returning name;
+
+-- name: schedules_list
+select name, task, cron, extract(epoch from every)::float8 as every, tz, queue, priority,
+       catch_up, paused, declared, next_slot, last_slot, last_fired_at, last_job_id,
+       args, kwargs, declared_by
+  from pgqueue.schedules
+ where %(name)s::text is null or name = %(name)s
+ order by name;
+
+-- name: schedule_pause
+select pgqueue.pause_schedule(%(name)s, %(paused)s);
+
+-- name: schedule_trigger
+select pgqueue.trigger_schedule(%(name)s);
+
+-- name: schedules_overdue
+-- Schedules whose next slot is overdue by more than %(lag)s seconds (database clock).
+select name, next_slot, extract(epoch from now() - next_slot)::float8 as lag
+  from pgqueue.schedules
+ where not paused and declared and next_slot < now() - make_interval(secs => %(lag)s::float8)
+ order by next_slot;
