@@ -482,7 +482,8 @@ def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
         click.echo(_dump(rows))
     else:
         for r in rows:
-            r["attempts"] = f"{r['attempt']}/{r['max_attempts']}"
+            limit = r["max_attempts"] if r["max_attempts"] is not None else "task default"
+            r["attempts"] = f"{r['attempt']}/{limit}"
         _table(rows, ["id", "queue", "task", "state", "attempts", "run_at", "finished_at",
                       "last_error"])
 

@@ -34,6 +34,7 @@ class JobContext:
 
     __slots__ = (
         "_cancel_event",
+        "_schedule",
         "app",
         "attempt",
         "connection",
@@ -55,6 +56,7 @@ class JobContext:
         self.app = app
         self.connection = connection
         self._cancel_event: threading.Event | None = None
+        self._schedule: tuple[Any, Any] | None = None
 
     @property
     def _cancel(self) -> threading.Event:
@@ -70,6 +72,26 @@ class JobContext:
 
     def __repr__(self) -> str:
         return f"<JobContext job={self.job_id} task={self.task} attempt={self.attempt}>"
+
+    def _schedule_origin(self) -> tuple[Any, Any]:
+        if self._schedule is None:
+            with self.app.connection() as conn:
+                row = conn.execute("select schedule_name, schedule_slot from pgqueue.jobs "
+                                   "where id = %s", (self.job_id,)).fetchone()
+            self._schedule = (row[0], row[1]) if row else (None, None)
+        return self._schedule
+
+    @property
+    def schedule_name(self) -> str | None:
+        """The periodic schedule that enqueued this job, or ``None`` (one query on first
+        use, on the app's pool)."""
+        return self._schedule_origin()[0]
+
+    @property
+    def schedule_slot(self) -> Any:
+        """The slot this periodic job was enqueued for, an aware UTC ``datetime``;
+        ``None`` for a manual trigger or a job no schedule enqueued."""
+        return self._schedule_origin()[1]
 
     @property
     def cancelled(self) -> bool:
