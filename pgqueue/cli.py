@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from . import migrate as migrate_mod
+from . import roles as roles_mod
 from . import serialization
 from ._sql import q
 from .app import App, resolve_dsn
@@ -137,6 +138,11 @@ class _Group(click.Group):
             raise click.ClickException(
                 f"the pgqueue schema is missing or older than this pgqueue "
                 f"({str(e).strip().splitlines()[0]}); run `pgqueue migrate`") from None
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise click.ClickException(
+                f"{str(e).strip().splitlines()[0]}: this role lacks the grant; `pgqueue "
+                "roles` prints the grants of the producer, worker and operator roles"
+                ) from None
         except psycopg.OperationalError as e:
             raise click.ClickException(f"database error: {str(e).strip()}\n"
                                        "Check --dsn / PGQUEUE_DSN and that the server is up."
@@ -196,6 +202,46 @@ def migrate(obj: Ctx, status: bool, dry_run: bool, target: int | None) -> None:
             click.echo(f"applied {m.name}")
     else:
         click.echo(f"schema is up to date (version {migrate_mod.latest_version()})")
+
+
+@main.command()
+@click.option("--producer", default=None, metavar="ROLE",
+              help="Role that enqueues (jobs, bulk, workflows) and reads jobs.")
+@click.option("--worker", "worker_role", default=None, metavar="ROLE",
+              help="Role of `pgqueue worker`: claim, finish, heartbeat, rescue, prune, "
+                   "schedules; no DDL.")
+@click.option("--operator", default=None, metavar="ROLE",
+              help="Role that cancels, retries, prunes, pauses queues and schedules.")
+@click.option("--apply", "do_apply", is_flag=True,
+              help="Run the grants (as the schema's owner, in one transaction) instead of "
+                   "printing them.")
+@pass_ctx
+def roles(obj: Ctx, producer: str | None, worker_role: str | None, operator: str | None,
+          do_apply: bool) -> None:
+    """Print (or --apply) the least-privilege grants for the given role names.
+
+    Create the roles first; run this as the role that ran `pgqueue migrate`, again
+    after every migration. Each role's grants start from a revoke of everything it held
+    on the pgqueue schema.
+    """
+    names = {k: v for k, v in (("producer", producer), ("worker", worker_role),
+                                ("operator", operator)) if v is not None}
+    if not names:
+        raise click.UsageError("name at least one role: --producer, --worker or --operator")
+    try:
+        statements = roles_mod.grants(**names)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if not do_apply:
+        click.echo(roles_mod.render(statements), nl=False)
+        return
+    with obj.connect() as conn:
+        try:
+            roles_mod.apply(conn, **names)
+        except psycopg.errors.UndefinedObject as e:
+            raise click.ClickException(f"{str(e).strip().splitlines()[0]}: create the role "
+                                       "first") from None
+    click.echo(f"granted: {', '.join(f'{k} {v}' for k, v in names.items())}")
 
 
 # -- worker ----------------------------------------------------------------------

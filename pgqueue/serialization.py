@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import json.encoder
 import math
 import uuid
 from decimal import Decimal
@@ -187,7 +188,10 @@ def dumps(value: Any, path: str = "value") -> str:
     if (t is str or t is bytes) and len(value) > MAX_DOCUMENT_BYTES:
         _too_large(path, len(value))     # before base64 or a copy doubles it
     try:
-        text = json.dumps(encode(value, path), ensure_ascii=False, separators=(",", ":"))
+        encoded = encode(value, path)
+        text = json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+        if "e+" in text:     # perhaps a float of 1e16 or more (else a string: harmless)
+            text = "".join(_exact_floats(encoded))
     except RecursionError:
         raise _bad(path, "is nested too deeply (or contains itself); flatten the "
                          "structure") from None
@@ -198,6 +202,21 @@ def dumps(value: Any, path: str = "value") -> str:
         if size > MAX_DOCUMENT_BYTES:
             _too_large(path, size)
     return text
+
+
+def _floatstr(value: float) -> str:
+    # jsonb stores numbers as numeric and prints 1e+16 as 10000000000000000, which reads
+    # back as an int (of another value, for 1.801439850948199e+16): written out in full
+    # with a fraction, the number reads back as the same float.
+    text = float.__repr__(value)
+    return f"{Decimal(text):f}.0" if "e+" in text else text
+
+
+def _exact_floats(encoded: Any) -> Any:
+    """The JSON text of an encoded value, chunk by chunk, floats by :func:`_floatstr`."""
+    return json.encoder._make_iterencode(   # type: ignore[attr-defined]
+        {}, None, json.encoder.py_encode_basestring, None, _floatstr, ":", ",", False,
+        False, True)(encoded, 0)
 
 
 def _too_large(path: str, size: int) -> None:

@@ -3023,6 +3023,23 @@ begin
 end $$;
 comment on function pgqueue.add_schedule is 'Add or replace a schedule from SQL; a worker computes its next slot';
 
+------------------------------------------------------------------------------
+-- pgqueue migration 0009: the role split (sql/roles.sql, `pgqueue roles`).
+--
+-- pgqueue.enqueue_workflow runs with its owner's rights (security definer), so that a
+-- producer role enqueues workflows without any privilege on pgqueue.workflows or
+-- pgqueue.job_dependencies: direct writes there could attach edges to other jobs or
+-- rewrite other workflows. The function writes only the rows of the workflow it
+-- creates (a step's dependencies are indexes of earlier steps of the same call),
+-- builds no SQL from its arguments, names every table with its schema, and pins its
+-- search_path with pg_temp last, so a caller's temporary objects cannot stand in for
+-- pgqueue's. Only roles granted EXECUTE may call it.
+
+alter function pgqueue.enqueue_workflow(jsonb, text, integer[], boolean)
+    security definer set search_path = pg_catalog, pgqueue, pg_temp;
+revoke execute on function pgqueue.enqueue_workflow(jsonb, text, integer[], boolean) from public;
+
 insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'),
     (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'),
-    (6, '0006_due_range_stale'), (7, '0007_task_defaults'), (8, '0008_schedules');
+    (6, '0006_due_range_stale'), (7, '0007_task_defaults'), (8, '0008_schedules'),
+    (9, '0009_roles');

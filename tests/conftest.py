@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgqueue
@@ -34,6 +35,15 @@ from pgqueue import migrate
 from pgqueue.embedded import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Fuzz tests (tests/test_fuzz.py): a small deterministic run by default, so CI is
+# repeatable and quick; `pytest --hypothesis-profile=long` explores far more inputs.
+_FUZZ = dict(deadline=None, database=None, print_blob=True,
+             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                    HealthCheck.data_too_large, HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=40, derandomize=True, **_FUZZ)
+settings.register_profile("long", max_examples=2000, **_FUZZ)
+settings.load_profile("ci")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
