@@ -44,7 +44,8 @@ def throughput_chart(rows: list[dict], *, width: int = 720, height: int = 160,
             "top": top, "peak": peak, "bars": bars,
             "total": sum(sum(v.values()) for v in per_minute.values()),
             "ticks": [{"x": round(left + (minutes - 1 - m) * slot + slot / 2, 1),
-                       "label": "now" if m == 0 else f"-{m}m"} for m in (59, 45, 30, 15, 0)]}
+                       "label": f"-{m}m", "anchor": "middle"} for m in (59, 45, 30, 15)]
+            + [{"x": width - 2, "label": "now", "anchor": "end"}]}
 
 
 @dataclass
