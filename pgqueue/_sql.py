@@ -1,4 +1,5 @@
-"""Runtime SQL, loaded once by name from ``sql/queries.sql`` (shipped in the package)."""
+"""Runtime SQL, loaded once by name from ``sql/queries.sql`` and ``sql/dashboard.sql``
+(shipped in the package)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def read_text(*parts: str) -> str:
 
 
 @functools.cache
-def queries() -> dict[str, str]:
-    text = read_text("queries.sql")
+def named(filename: str) -> dict[str, str]:
+    """The ``-- name:`` blocks of ``sql/<filename>``, by name (comment lines dropped)."""
+    text = read_text(filename)
     out: dict[str, str] = {}
     pieces = _NAME.split(text)
     for name, body in zip(pieces[1::2], pieces[2::2], strict=True):
@@ -27,6 +29,10 @@ def queries() -> dict[str, str]:
                          if not line.lstrip().startswith("--")).strip().rstrip(";")
         out[name] = body
     return out
+
+
+def queries() -> dict[str, str]:
+    return named("queries.sql")
 
 
 def q(name: str) -> str:

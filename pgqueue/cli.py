@@ -1130,6 +1130,9 @@ def schedules_trigger(obj: Ctx, name: str) -> None:
 
 
 def _register_optional() -> None:
+    # the dashboard command imports its extra (starlette, uvicorn) only when it runs
+    from .dashboard._command import dashboard
+    main.add_command(dashboard)
     try:
         from .bench import bench
     except ImportError:  # pragma: no cover
