@@ -7,6 +7,7 @@ Jobs live in ``pgqueue.jobs``; enqueue them in your own transaction, run them wi
 from .app import App, Args, Task, TaskCall
 from .context import JobContext
 from .errors import (
+    BatchSealed,
     Cancelled,
     ConfigurationError,
     Discard,
@@ -23,6 +24,7 @@ from .errors import (
     UniqueKeyHeld,
     UnknownTaskError,
 )
+from .batch import Batch
 from .job import Job, JobState
 from .observe import ErrorContext
 from .retry import RetryPolicy
@@ -34,6 +36,8 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "Args",
+    "Batch",
+    "BatchSealed",
     "Cancelled",
     "ConfigurationError",
     "Discard",

@@ -305,6 +305,30 @@ class App:
         """A handle on job ``id`` (no query until used)."""
         return Job(self, id)
 
+    def batch(self, callback: Any = None, on_error: Any = None, name: str | None = None, *,
+              max_steps: int | None = None) -> Any:
+        """A new open :class:`~pgqueue.Batch`: members are added over any number of
+        transactions (``batch.add(...)``, ``batch.using(connection=conn).add(...)``),
+        and ``callback`` runs once when it is sealed and every member is terminal.
+
+        No query until first used; see :mod:`pgqueue.batch`.
+
+        :param callback: a signature; ``task.s()`` receives the members' results in the
+            order they were added. ``None``: no callback.
+        :param on_error: a signature run once if a member fails for good.
+        :param name: a label (``pgqueue.workflows.name``).
+        :param max_steps: the most steps the batch may reach; default 1,000,000.
+        :raises EnqueueError: a callback or on_error that is not a signature.
+        """
+        from .batch import Batch
+        return Batch(self, callback, on_error, name, max_steps=max_steps)
+
+    def batch_by_id(self, id: int) -> Any:
+        """The existing batch ``id`` (no query until used), to add to or seal it from
+        any process."""
+        from .batch import Batch
+        return Batch(self, id=id)
+
     # -- by name (tasks defined elsewhere, e.g. in another service) -----------------
 
     def enqueue(self, task_name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,

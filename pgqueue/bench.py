@@ -64,8 +64,9 @@ log = logging.getLogger("pgqueue.bench")
 
 NOOP = "pgqueue.bench.noop"
 PING = "pgqueue.bench.ping"
-#: every scenario, in the order ``--scenario all`` runs them; ``claim`` only on request
-SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord", "claim")
+#: every scenario, in the order ``--scenario all`` runs them; ``claim`` and ``batch`` only
+#: on request
+SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord", "claim", "batch")
 ALL = ("enqueue", "bulk", "drain", "latency", "chord")
 
 
@@ -339,6 +340,64 @@ class Bench:
                 "ratio_to_plain": round(rate / plain["jobs_per_s"], 2) if rate else None,
                 "fan_in_ms": round(fan_in * 1000.0, 1), "ok": result == n}
 
+    def batch(self, n: int, part: int = 100, runs: int = 10) -> dict[str, Any]:
+        """A batch of ``n`` members added in transactions of ``part`` by a producer
+        thread while the worker drains it, then sealed; the members' drain rate against
+        the plain drain, and the callback's start after the later of the seal and the
+        last member's completion (database clock), over ``runs`` batches (the first of
+        ``n`` members, the others of ``min(n, 1000)``)."""
+        if "pgqueue.bench.collect" not in self.app.tasks:
+            def collect(results: list[Any]) -> int:
+                return len(results)
+            self.app.task(collect, name="pgqueue.bench.collect", queue=self.queue, retry=False)
+        collect_task = self.app.tasks["pgqueue.bench.collect"]
+        plain = self.last_drain
+        if plain is None or plain["jobs"] != n or not plain["ok"]:
+            plain = self.drain(n)
+        self.cleanup()
+        w, t = self.worker(poll_interval=1.0)
+        t.start()
+        lat: list[float] = []
+        rate = None
+        ok = True
+        try:
+            for run in range(runs):
+                size = n if run == 0 else min(n, 1000)
+                batch = self.app.batch(callback=collect_task.s(), name="pgqueue-bench")
+                t0 = time.perf_counter()
+                for lo in range(0, size, part):     # one transaction per part, committed
+                    batch.add(*[self.noop.s() for _ in range(min(part, size - lo))])
+                batch.seal()
+                add_s = time.perf_counter() - t0
+                ok = ok and batch.result(timeout=max(120.0, size / 200.0)) == size
+                with self.connect() as c:
+                    members_s, cb_ms = c.execute(
+                        "select extract(epoch from max(m.finished_at) - min(m.started_at))::float8,"
+                        "       extract(epoch from cb.started_at - greatest(max(m.finished_at),"
+                        "               w.sealed_at))::float8 * 1000.0"
+                        "  from pgqueue.workflows w"
+                        "  join pgqueue.jobs cb on cb.id = w.batch_callback_job_id"
+                        "  join pgqueue.jobs m on m.workflow_id = w.id and m.task = %s"
+                        " where w.id = %s group by cb.started_at, w.sealed_at",
+                        (NOOP, batch.id)).fetchone()
+                lat.append(cb_ms)
+                if run == 0:
+                    rate = n / members_s if members_s else None
+                    first_add_s = add_s
+                with self.connect() as c:
+                    c.execute("delete from pgqueue.workflows where id = %s", (batch.id,))
+        finally:
+            w.stop()
+            t.join(30)
+            self.cleanup()
+        return {"scenario": "batch", "jobs": n, "part": part, "runs": runs,
+                "concurrency": self.concurrency, "add_seconds": round(first_add_s, 3),
+                "jobs_per_s": round(rate) if rate else None,
+                "plain_jobs_per_s": plain["jobs_per_s"],
+                "ratio_to_plain": round(rate / plain["jobs_per_s"], 2) if rate else None,
+                "callback_p50_ms": _r(_pct(lat, 50), 2), "callback_max_ms": _r(max(lat), 2),
+                "ok": ok}
+
     def latency(self, samples: int) -> dict[str, Any]:
         self.cleanup()
         w, t = self.worker(poll_interval=60.0)
@@ -484,6 +543,8 @@ def run_scenarios(dsn: str, scenarios: list[str], *, jobs: int, concurrency: int
                 r = b.claim(samples, finished_rows)
             elif s == "chord":
                 r = b.chord(jobs)
+            elif s == "batch":
+                r = b.batch(jobs)
             else:  # pragma: no cover - click validates
                 raise ValueError(s)
             report["results"].append(r)
@@ -521,6 +582,13 @@ def _print_table(report: dict[str, Any]) -> None:
                        f"members vs plain drain {r['plain_jobs_per_s']} jobs/s: "
                        f"{r['ratio_to_plain']}x; last member -> callback start "
                        f"{r['fan_in_ms']} ms; enqueue {r['enqueue_seconds']} s"
+                       + ("" if r["ok"] else "; INCOMPLETE"))
+        elif s == "batch":
+            click.echo(f"{s:<10} {r['jobs']:>8} {r['add_seconds']:>8} {r['jobs_per_s']:>9}  "
+                       f"added {r['part']} per transaction while draining; members vs plain "
+                       f"drain {r['plain_jobs_per_s']} jobs/s: {r['ratio_to_plain']}x; "
+                       f"seal/last member -> callback start p50 {r['callback_p50_ms']} ms, "
+                       f"max {r['callback_max_ms']} ms over {r['runs']} batches"
                        + ("" if r["ok"] else "; INCOMPLETE"))
         elif s == "claim":
             e = r["empty"]

@@ -985,7 +985,8 @@ def workflows() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
-    """A workflow as a tree: each step's state, attempts and duration."""
+    """A workflow as a tree: each step's state, attempts and duration; for a batch, its
+    state (open, sealed, finished), member counts and callback."""
     from .workflow import render
     with obj.connect() as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -996,6 +997,9 @@ def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
                                        "list them with: select * from pgqueue.workflows")
         steps = cur.execute("select * from pgqueue.workflow_steps where workflow_id = %s "
                             "order by job_id", (workflow_id,)).fetchall()
+        if wf.get("batch_seal_job_id") is not None:
+            wf["batch"] = cur.execute("select * from pgqueue.batches where batch_id = %s",
+                                      (workflow_id,)).fetchone()
     if as_json:
         click.echo(_dump({"workflow": wf, "steps": steps}))
     else:

@@ -34,6 +34,7 @@ class JobContext:
 
     __slots__ = (
         "_cancel_event",
+        "_replacement",
         "_schedule",
         "app",
         "attempt",
@@ -57,6 +58,9 @@ class JobContext:
         self.connection = connection
         self._cancel_event: threading.Event | None = None
         self._schedule: tuple[Any, Any] | None = None
+        #: set by :meth:`replace`: the ``pgqueue.replace_step`` parameters the worker
+        #: passes when it records this attempt's success
+        self._replacement: dict[str, Any] | None = None
 
     @property
     def _cancel(self) -> threading.Event:
@@ -92,6 +96,47 @@ class JobContext:
         """The slot this periodic job was enqueued for, an aware UTC ``datetime``;
         ``None`` for a manual trigger or a job no schedule enqueued."""
         return self._schedule_origin()[1]
+
+    def replace(self, replacement: Any) -> None:
+        """End this workflow step by replacing it with a signature, chain, group, chord
+        or :class:`~pgqueue.Workflow` (Celery's ``self.replace``).
+
+        Takes effect when the task returns normally: the step ends ``completed``
+        without a result of its own (what the task returns is ignored), and in the
+        same transaction that records it the replacement's steps join this workflow
+        and every dependent of this step waits for the replacement instead, receiving
+        its result (a group's list of results, a chain's last result). If the task
+        then raises, or that transaction fails, nothing is added and the attempt is a
+        failure like any other (the step retries as usual). The replacement's first
+        steps receive only their own arguments. An empty ``group()`` makes the step's
+        result ``[]``. A replacement that would bring the workflow past its bound
+        (``pgqueue.workflows.max_steps``, 1,000,000 by default) discards the step
+        (error type ``pgqueue.StepLimitExceeded``), failing the workflow.
+
+        One query (on the app's pool) checks that this job is a workflow step.
+
+        :param replacement: the shape to run instead of this step.
+        :raises EnqueueError: not a workflow step (or its error callback), called twice,
+            a shape with its own ``on_error``, or invalid options; ``TypeError``: a step's
+            arguments do not bind to its task.
+
+        >>> @app.task(pass_context=True)
+        ... def split(ctx, n):
+        ...     return ctx.replace(group(work.s(i) for i in range(n)))
+        """
+        from .errors import EnqueueError
+        from .workflow import replacement_params
+        if self._replacement is not None:
+            raise EnqueueError(f"job {self.job_id}: ctx.replace was already called in this attempt")
+        params = replacement_params(replacement)
+        with self.app.connection() as conn:
+            row = conn.execute("select workflow_id, inputs from pgqueue.jobs where id = %s",
+                               (self.job_id,)).fetchone()
+        if row is None or row[0] is None or row[1] == "error":
+            raise EnqueueError(f"job {self.job_id} ({self.task}) is not a workflow step: "
+                               "ctx.replace is only allowed in a step of a chain, group, "
+                               "chord, Workflow or batch (and not in an error callback)")
+        self._replacement = params
 
     @property
     def cancelled(self) -> bool:

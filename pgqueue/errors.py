@@ -11,6 +11,7 @@ The tree::
     ├── JobNotFound                 (also LookupError) no job with that id
     ├── ResultTimeout               (also TimeoutError) Job.result() waited in vain
     ├── UniqueKeyHeld               Job.retry() of a job whose unique_key another job holds
+    ├── BatchSealed                 Batch.add() after the batch was sealed (or cancelled)
     └── JobError                    Job.result() of a job that did not complete
         ├── JobFailed               discarded: attempts exhausted or not retryable
         └── JobCancelled            cancelled
@@ -29,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BatchSealed",
     "Cancelled",
     "ConfigurationError",
     "Discard",
@@ -140,3 +142,17 @@ class Discard(Exception):
 
 class Cancelled(Exception):
     """Raised by ``JobContext.raise_if_cancelled()`` once cancellation was requested."""
+
+
+class BatchSealed(PgQueueError):
+    """:meth:`Batch.add <pgqueue.Batch.add>` on a batch that is sealed or cancelled.
+
+    Raised by the database (``pgqueue.add_to_batch``): a caller's transaction is left
+    aborted, as after any failed statement; roll it back.
+
+    :ivar batch_id: the batch's id.
+    """
+
+    def __init__(self, batch_id: int, message: str):
+        self.batch_id = batch_id
+        super().__init__(message)

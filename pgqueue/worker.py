@@ -828,9 +828,8 @@ class Worker:
                     raise _Abandoned()
             if r.timed_out:   # roll the writes back; recorded as a TimeoutError
                 raise TimeoutError(f"attempt exceeded its timeout of {r.timeout} s")
-            row = conn.execute(q("complete_one"), {
-                "worker_id": self.id, "id": r.id, "attempt": r.attempt,
-                "result": payload}).fetchone()
+            name, params = _completion(self.id, r, payload)
+            row = conn.execute(q(name), params).fetchone()
             if row is None or row[0] is None:
                 # fenced out: roll the task's writes back, say who owns the job now
                 raise _Abandoned(owner=conn.execute(q("job_owner"), {"id": r.id}).fetchone())
@@ -878,8 +877,8 @@ class Worker:
             coro = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
             result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
             payload = _result_payload(result)
-            cur = await conn.execute(q("complete_one"), {
-                "worker_id": self.id, "id": r.id, "attempt": r.attempt, "result": payload})
+            name, params = _completion(self.id, r, payload)
+            cur = await conn.execute(q(name), params)
             row = await cur.fetchone()
             if row is None or row[0] is None:
                 cur = await conn.execute(q("job_owner"), {"id": r.id})
@@ -898,6 +897,8 @@ class Worker:
         if r.timed_out:
             self._record_failure(r, _timeout_error(r))
             return
+        if r.ctx._replacement is not None:   # ctx.replace: the return value is ignored
+            result = None
         try:
             payload = serialization.dumps(result, "result")
         except Exception as e:  # noqa: BLE001 - an unstorable result fails the job for good
@@ -906,7 +907,7 @@ class Worker:
         with self._lock:
             if r.abandoned:
                 return
-        self._complete_q.put(("complete", r, payload))
+        self._complete_q.put(("complete" if r.ctx._replacement is None else "replace", r, payload))
 
     def _record_exception(self, r: _Running, e: BaseException) -> None:
         if isinstance(e, _Abandoned):
@@ -996,10 +997,11 @@ class Worker:
     def _flush(self, conn: psycopg.Connection, items: list[tuple[str, _Running, Any]]) -> None:
         done = [(r, p) for kind, r, p in items if kind == "complete"]
         fails = [(r, p) for kind, r, p in items if kind == "fail"]
+        replaced = [r for kind, r, _ in items if kind == "replace"]
         completed = None
         # Completions alone are one autocommit statement (one round trip, one commit);
-        # failures join them in one transaction.
-        with conn.transaction() if fails else contextlib.nullcontext():
+        # failures and replacements join them in one transaction.
+        with conn.transaction() if fails or replaced else contextlib.nullcontext():
             if done:
                 completed = conn.execute(q("complete"), {
                     "worker_id": self.id, "ids": [r.id for r, _ in done],
@@ -1016,6 +1018,10 @@ class Worker:
                     "backoff_cap": policy.cap if policy else 3600.0},
                     prepare=self.listen).fetchone()
                 states.append(state)
+            # ctx.replace: the replacement joins the workflow with the step's completion
+            replaced = [r for r in replaced
+                        if conn.execute(q("replace_step"), _completion(self.id, r, None)[1],
+                                        prepare=self.listen).fetchone()[0] == "completed"]
             retry_at = (self._observer.retry_times(conn, [r for r, _ in fails], states)
                         if self._observer is not None and fails else None)
         with self._lock:
@@ -1023,7 +1029,12 @@ class Worker:
                 self._drop(r)
             for r, _ in fails:
                 self._drop(r)
-        self.stats["completed"] += len(done)
+            for kind, r, _ in items:
+                if kind == "replace":
+                    self._drop(r)
+        self.stats["completed"] += len(done) + len(replaced)
+        if self._observer is not None and replaced:
+            self._observer.completed(replaced)
         self.stats["failed"] += len(fails)
         if self._observer is not None:
             self._observe_flush(conn, done, completed, fails, states, retry_at)
@@ -1062,6 +1073,8 @@ class Worker:
                 kind, r, _ = item
                 if kind == "complete":   # e.g. a result the database refuses: fail the job
                     left.append(("fail", r, (_error_dict(e), True, None)))
+                elif kind == "replace":  # nothing was added: a failed attempt, retried as usual
+                    left.append(("fail", r, (_error_dict(e), False, None)))
                 elif item[2][0].get("type") != "pgqueue.UnrecordableError":
                     # Record a plain failure instead, or the job would stay `running`
                     # while this worker heartbeats, and never reach a terminal state.
@@ -1305,6 +1318,17 @@ class Worker:
             c.close()
         self._stop_observer()   # runs the error hooks still queued, stops serving metrics
         log.info("worker %s stopped", self.name)
+
+
+def _completion(worker_id: uuid.UUID, r: _Running, payload: Any) -> tuple[str, dict[str, Any]]:
+    """The query recording a success: ``complete_one``, or ``replace_step`` for a
+    workflow step that called ``ctx.replace`` (its replacement and its completion in one
+    transaction)."""
+    if r.ctx._replacement is None:
+        return "complete_one", {"worker_id": worker_id, "id": r.id, "attempt": r.attempt,
+                                "result": payload}
+    return "replace_step", {"worker_id": worker_id, "id": r.id, "attempt": r.attempt,
+                            **r.ctx._replacement}
 
 
 def _timeout_error(r: _Running) -> dict[str, Any]:

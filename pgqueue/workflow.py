@@ -582,6 +582,31 @@ def _compile(root: _Canvas, on_error: Signature | None) -> tuple[_Plan, list[int
     return plan, tails, is_list
 
 
+def replacement_params(canvas: _Canvas) -> dict[str, Any]:
+    """The ``pgqueue.replace_step`` parameters of a replacement (``ctx.replace``):
+    steps (JSON text), result_steps, result_is_list. An empty group replaces a step
+    by ``[]``.
+
+    :raises EnqueueError: not a shape, a shape with its own error callback, or an
+        invalid option; ``TypeError``: arguments that do not bind (before any SQL).
+    """
+    if not isinstance(canvas, _Canvas):
+        raise EnqueueError(f"ctx.replace needs a signature, chain, group, chord or Workflow, "
+                           f"got {canvas!r}")
+    if canvas._error is not None:
+        raise EnqueueError("a replacement has no error callback of its own: the workflow's "
+                           "on_error applies to the steps it adds")
+    if isinstance(canvas, group) and not canvas.tasks:
+        steps: list[dict[str, Any]] = []
+        tails: list[int] = []
+        is_list = True
+    else:
+        plan, tails, is_list = _compile(canvas, None)
+        steps = plan.steps
+    return {"steps": json.dumps(steps, ensure_ascii=False, separators=(",", ":")),
+            "result_steps": tails, "result_is_list": is_list}
+
+
 class WorkflowCall:
     """A workflow bound to enqueue options (the result of ``.using(...)``)."""
 
@@ -792,7 +817,9 @@ class WorkflowHandle:
 
 _STATE_SQL = ("select state, failures, result_job_ids, result_is_list "
               "from pgqueue.workflows where id = %s")
-_RESULTS_SQL = "select id, result from pgqueue.jobs where id = any(%s)"
+#: a step that replaced itself (ctx.replace) has its replacement's result
+_RESULTS_SQL = ("select id, case when replaced_by is null then result "
+                "else pgqueue.step_result(id) end from pgqueue.jobs where id = any(%s)")
 
 
 # -- text rendering (``pgqueue workflows show``) ----------------------------------------------
@@ -823,6 +850,14 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         f"  steps {w['total']}: {w['completed']} completed, {w['discarded']} discarded, "
         f"{w['cancelled']} cancelled, {w['remaining']} unfinished",
     ]
+    b = w.get("batch")
+    if b:
+        cb = (f"callback #{b['callback_job_id']} {b['callback_task']}: {b['callback_state']}"
+              if b.get("callback_job_id") else "no callback")
+        lines.append(f"  batch: {b['state']}, {b['members']} members ({b['completed']} completed, "
+                     f"{b['discarded']} discarded, {b['cancelled']} cancelled, "
+                     f"{b['unfinished']} unfinished), "
+                     f"sealed {fmt_time(b.get('sealed_at'))}; {cb}")
     for f in w.get("failures") or []:
         err = f.get("error") or {}
         lines.append(f"  failed: job {f.get('job_id')} ({f.get('task')}) {f.get('state')}"
@@ -837,6 +872,10 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         label = s["task"] + (f" [{s['step']}]" if s.get("step") else "")
         if s.get("is_error_callback"):
             label += " (on error)"
+        elif s.get("batch_role") in ("seal", "callback"):
+            label += f" (batch {s['batch_role']})"
+        if s.get("replaced_by") is not None:
+            label += f" (replaced by {len(s['replaced_by'])} step(s))"
         extra = [d for d in (s.get("depends_on") or [])[1:]]
         text = (f"{'  ' * depth}- #{s['job_id']} {label}: {s['state']}, attempt "
                 f"{s['attempt']}/{s['max_attempts']}, {dur(s)}")

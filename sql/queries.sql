@@ -96,6 +96,12 @@ select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb
 select pgqueue.complete(%(worker_id)s, array[%(id)s::bigint], array[%(attempt)s::integer],
                         array[%(result)s::jsonb]);
 
+-- name: replace_step
+-- A workflow step that called ctx.replace: its replacement joins the workflow and the
+-- step completes, in one transaction. Returns the state, null when fenced out.
+select pgqueue.replace_step(%(worker_id)s, %(id)s, %(attempt)s, %(steps)s::jsonb,
+                            %(result_steps)s::integer[], %(result_is_list)s);
+
 -- name: fail
 select pgqueue.fail(worker_id => %(worker_id)s, job_id => %(id)s, job_attempt => %(attempt)s,
                     error => %(error)s::jsonb,

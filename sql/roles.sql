@@ -26,12 +26,14 @@ revoke all on all tables in schema pgqueue from {producer};
 revoke all on all sequences in schema pgqueue from {producer};
 revoke all on all functions in schema pgqueue from {producer};
 grant usage on schema pgqueue to {producer};
-grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow to {producer};
+grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.open_batch,
+    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.step_result to {producer};
 grant insert (task, args, kwargs, queue, priority, run_at, max_attempts, unique_key, state)
     on pgqueue.jobs to {producer};
 grant select on pgqueue.jobs, pgqueue.workflows, pgqueue.job_dependencies, pgqueue.workers,
     pgqueue.queues, pgqueue.migrations, pgqueue.queue_stats, pgqueue.failed_jobs,
-    pgqueue.running_jobs, pgqueue.throughput, pgqueue.workflow_steps to {producer};
+    pgqueue.running_jobs, pgqueue.throughput, pgqueue.workflow_steps,
+    pgqueue.batches to {producer};
 
 -- role: worker
 -- Every path of `pgqueue worker`: register and heartbeat, claim, complete, fail, hand
@@ -46,13 +48,14 @@ grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.cla
     pgqueue.claim_candidates, pgqueue.next_due, pgqueue.complete, pgqueue.fail,
     pgqueue.backoff, pgqueue.hand_back, pgqueue.heartbeat, pgqueue.rescue,
     pgqueue.release_unknown, pgqueue.job_inputs, pgqueue.prune, pgqueue.fire_schedule,
-    pgqueue.schedule_job to {worker};
+    pgqueue.schedule_job, pgqueue.step_result, pgqueue.replace_step, pgqueue.open_batch,
+    pgqueue.add_to_batch, pgqueue.seal_batch to {worker};
 grant select, insert, update, delete on pgqueue.jobs, pgqueue.workers to {worker};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {worker};
 grant select, insert, update on pgqueue.schedules to {worker};
 grant select on pgqueue.queues, pgqueue.migrations, pgqueue.queue_stats,
     pgqueue.failed_jobs, pgqueue.running_jobs, pgqueue.throughput,
-    pgqueue.workflow_steps to {worker};
+    pgqueue.workflow_steps, pgqueue.batches to {worker};
 
 -- role: operator
 -- The CLI's jobs retry/cancel/prune, queues pause/resume and schedules
@@ -65,10 +68,11 @@ revoke all on all functions in schema pgqueue from {operator};
 grant usage on schema pgqueue to {operator};
 grant execute on function pgqueue.enqueue, pgqueue.cancel, pgqueue.cancel_workflow,
     pgqueue.retry, pgqueue.retry_discarded, pgqueue.prune, pgqueue.pause_schedule,
-    pgqueue.trigger_schedule, pgqueue.add_schedule, pgqueue.schedule_job to {operator};
+    pgqueue.trigger_schedule, pgqueue.add_schedule, pgqueue.schedule_job,
+    pgqueue.step_result, pgqueue.seal_batch to {operator};
 grant select, insert, update, delete on pgqueue.jobs to {operator};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {operator};
 grant select, insert, update on pgqueue.queues, pgqueue.schedules to {operator};
 grant select on pgqueue.workers, pgqueue.migrations, pgqueue.queue_stats,
     pgqueue.failed_jobs, pgqueue.running_jobs, pgqueue.throughput,
-    pgqueue.workflow_steps to {operator};
+    pgqueue.workflow_steps, pgqueue.batches to {operator};

@@ -105,3 +105,25 @@ def test_enqueue_sql_with_psql(dsn, conn, spawn_worker):
         "where s.path = %s", (target,)).fetchone()
     assert job_state == "completed"
     assert lines == len(SCAN.read_text().splitlines())
+
+
+def test_wordcount_dynamic_lists_files_then_replaces_itself_with_a_group(dsn, conn):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "wordcount_dynamic.py"),
+                           "--limit", "30"], cwd=ROOT, env=env_for(dsn), capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    (wf_id, state, total), = conn.execute(
+        "select id, state, total from pgqueue.workflows").fetchall()
+    assert (state, total) == ("completed", 32)     # list_files, 30 files, merge_totals
+    lister, = conn.execute(
+        "select replaced_by from pgqueue.jobs where workflow_id = %s "
+        "and task = 'examples.wordcount_dynamic.list_files'", (wf_id,)).fetchone()
+    assert len(lister) == 30
+    words, = conn.execute(
+        "select sum((result ->> 'words')::bigint) from pgqueue.jobs where workflow_id = %s "
+        "and task = 'examples.wordcount_flow.count_words'", (wf_id,)).fetchone()
+    merged, = conn.execute(
+        "select result from pgqueue.jobs where workflow_id = %s "
+        "and task = 'examples.wordcount_dynamic.merge_totals'", (wf_id,)).fetchone()
+    assert merged["files"] == 30 and merged["words"] == words
+    assert f"30 files, {words} words" in proc.stdout

@@ -214,6 +214,9 @@ def test_producer_enqueues_through_every_api_and_reads_jobs(dsns):
         assert add.using(delay=60).enqueue_many([(i, i) for i in range(3)]) == 3  # staged
         flow = chain(add.s(1, 1), double.s()).enqueue()
         assert len(flow.job_ids) == 2
+        batch = app.batch(callback=double.s())                    # open, fill, seal
+        batch.add(add.s(2, 2))
+        batch.seal()
         with psycopg.connect(dsns.producer) as conn:
             (sql_id,) = conn.execute("select pgqueue.enqueue('other.task', '[1]', "
                                      "queue => 'q2', unique_key => 'k2')").fetchone()
@@ -221,7 +224,7 @@ def test_producer_enqueues_through_every_api_and_reads_jobs(dsns):
                               "'[{\"task\": \"x\"}, {\"task\": \"y\", \"depends_on\": [0]}]')"
                               ).fetchone()[0]
             conn.commit()
-            assert conn.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 15
+            assert conn.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 18
             assert conn.execute("select count(*) from pgqueue.workflow_steps "
                                 "where workflow_id = %s", (wf,)).fetchone()[0] == 2
             assert conn.execute("select count(*) from pgqueue.queue_stats").fetchone()[0] >= 2
@@ -492,7 +495,8 @@ def test_security_definer_functions_pin_their_search_path_and_build_no_sql(conn)
         "select p.proname, p.proconfig, p.prosrc, p.proacl::text[] from pg_proc p "
         "join pg_namespace n on n.oid = p.pronamespace "
         "where n.nspname = 'pgqueue' and p.prosecdef").fetchall()
-    assert [r[0] for r in rows] == ["enqueue_workflow"]
+    assert sorted(r[0] for r in rows) == ["add_to_batch", "enqueue_workflow", "open_batch",
+                                         "seal_batch"]
     for name, config, src, acl in rows:
         assert "search_path=pg_catalog, pgqueue, pg_temp" in config, name
         assert not re.search(r"\bexecute\b", src, re.IGNORECASE), name

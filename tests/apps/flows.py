@@ -96,9 +96,23 @@ def register(app: pgqueue.App) -> SimpleNamespace:
     def ident(value: Any = None) -> Any:
         return value
 
+    @app.task(name="flows.split", pass_context=True, retry=RetryPolicy(base=0.1, cap=0.1))
+    def split(ctx: pgqueue.JobContext, n: int, nest: int = 0) -> None:
+        """Replace itself with a group of ``n`` members returning 0..n-1; with ``nest``,
+        member 0 is itself a split of 2 (nested ``nest`` levels)."""
+        record(ctx, "split", {"n": n, "nest": nest})
+        members = [add.s(i) for i in range(n)]
+        if nest and n:
+            members[0] = split.s(2, nest - 1)
+        return ctx.replace(pgqueue.group(members))
+
+    @app.task(name="flows.replace_outside", pass_context=True, max_attempts=1)
+    def replace_outside(ctx: pgqueue.JobContext) -> None:
+        return ctx.replace(add.s(1))
+
     return SimpleNamespace(member=member, collect=collect, outcomes=outcomes, flaky=flaky,
                            step=step, on_error=on_error, victim=victim, add=add, total=total,
-                           ident=ident)
+                           ident=ident, split=split, replace_outside=replace_outside)
 
 
 app = pgqueue.App(pool_max_size=8)
