@@ -231,9 +231,9 @@ class Hooks:
     def remove(self, fn: Any) -> None:
         """Unregister ``fn`` from every kind it was registered as (no error if none)."""
         with self._lock:
-            self.around = [h for h in self.around if h is not fn]
-            self.enqueue = [h for h in self.enqueue if h is not fn]
-            self.outcome = [h for h in self.outcome if h is not fn]
+            self.around = [h for h in self.around if h != fn]
+            self.enqueue = [h for h in self.enqueue if h != fn]
+            self.outcome = [h for h in self.outcome if h != fn]
 
     # -- what applies (global first) -----------------------------------------------
 
