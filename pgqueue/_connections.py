@@ -53,7 +53,7 @@ ENQUEUE_TEXT = (
     "run_at => cast(:run_at as timestamptz), "
     "delay => make_interval(secs => cast(:delay as double precision)), "
     "max_attempts => cast(:max_attempts as integer), "
-    "unique_key => cast(:unique_key as text))"
+    "unique_key => cast(:unique_key as text), meta => cast(:meta as jsonb))"
 )
 
 _default_provider: Callable[[], Any] | None = None

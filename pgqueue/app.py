@@ -19,6 +19,7 @@ import psycopg
 from . import migrate, serialization
 from ._sql import q
 from .errors import EnqueueError, SchemaError, UnknownTaskError
+from .hooks import GLOBAL, Enqueue, Hooks, check_meta, meta_json
 from .job import Job
 from .retry import MAX_DELAY, NO_RETRY, RetryPolicy
 
@@ -110,6 +111,9 @@ class App:
         self.tasks: dict[str, Task] = {}
         #: functions called with an :class:`~pgqueue.ErrorContext` for every failed attempt
         self.error_hooks: list[Callable[[Any], Any]] = []
+        #: lifecycle hooks of this app (:mod:`pgqueue.hooks`); the process-wide
+        #: ``pgqueue.hooks.GLOBAL`` ones run first
+        self.hooks = Hooks(parent=GLOBAL)
         #: periodic jobs declared with :meth:`periodic`, by schedule name
         self.schedules: dict[str, Any] = {}
         self._pool = None
@@ -221,6 +225,38 @@ class App:
         """
         self.error_hooks.append(fn)
         return fn
+
+    def around_attempt(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register a generator function ``fn(ctx)`` (a decorator; returns ``fn``) that
+        wraps every attempt of this app's tasks in the worker: it receives the
+        :class:`~pgqueue.JobContext`, yields once while the task runs, and sees the
+        task's return value as the value of the ``yield`` or its exception raised there.
+        It cannot change the outcome; an exception it raises is logged and ignored.
+        See :mod:`pgqueue.hooks`.
+
+        >>> @app.around_attempt
+        ... def timed(ctx):
+        ...     t0 = time.monotonic()
+        ...     try:
+        ...         yield
+        ...     finally:
+        ...         print(ctx.task, time.monotonic() - t0)
+        """
+        return self.hooks.add_around_attempt(fn)
+
+    def on_enqueue(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``fn(enqueue)`` (a decorator; returns ``fn``), called in the producer
+        before each enqueue's SQL with a :class:`pgqueue.hooks.Enqueue`; it may add keys
+        to ``enqueue.meta``. A generator function is resumed after the SQL with the job
+        id. See :mod:`pgqueue.hooks`."""
+        return self.hooks.add_on_enqueue(fn)
+
+    def on_outcome(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``fn(outcome)`` (a decorator; returns ``fn``), called in the worker
+        with a :class:`pgqueue.hooks.Outcome` after each attempt's outcome (completed,
+        retryable, discarded, cancelled) was committed, on the worker's hook thread.
+        A fenced-out late outcome calls nothing. See :mod:`pgqueue.hooks`."""
+        return self.hooks.add_on_outcome(fn)
 
     def periodic(self, target: Any = None, *, cron: str | None = None,
                  every: float | dt.timedelta | None = None, tz: str = "UTC",
@@ -546,7 +582,8 @@ class Task:
     def using(self, *, connection: Any = None, delay: float | dt.timedelta | None = None,
               run_at: dt.datetime | None = None, queue: str | None = None,
               priority: int | None = None, max_attempts: int | None = None,
-              unique_key: str | None = None) -> TaskCall:
+              unique_key: str | None = None,
+              meta: dict[str, str] | None = None) -> TaskCall:
         """Options for the next enqueue; returns an object with ``enqueue``/``aenqueue``.
 
         :param connection: where to insert: a psycopg ``Connection`` (inside its current
@@ -563,9 +600,14 @@ class Task:
         :param unique_key: at most one unfinished job per key: enqueueing a key that an
             unfinished job (pending, scheduled, available, running, retryable) holds
             returns that job and changes nothing, not even a running one.
+        :param meta: job metadata, a dict of str to str of at most
+            :data:`pgqueue.hooks.MAX_META_BYTES` (4096) bytes as JSON text; the task
+            reads it as ``ctx.meta``, SQL as ``pgqueue.jobs.meta``. On-enqueue hooks may
+            add keys (tracing adds ``traceparent``). Default none.
         :raises EnqueueError: (a ``ValueError``) for invalid options, before any SQL runs.
         """
         opts = dict(self.defaults)
+        opts["meta"] = check_meta(meta)
         opts.update(_validate_options(queue=queue, priority=priority, max_attempts=max_attempts))
         opts["unique_key"] = _validate_unique_key(unique_key)
         opts["delay"], opts["run_at"] = _validate_when(delay, run_at)
@@ -600,7 +642,7 @@ class Task:
 
     def _plain_options(self) -> dict[str, Any]:
         opts = dict(self.defaults)
-        opts.update(unique_key=None, delay=None, run_at=None)
+        opts.update(unique_key=None, delay=None, run_at=None, meta=None)
         return opts
 
 
@@ -622,9 +664,24 @@ class TaskCall:
             "kwargs": serialization.dumps(kwargs, "kwargs"),
             "queue": o["queue"], "priority": o["priority"], "max_attempts": o["max_attempts"],
             "unique_key": o["unique_key"], "delay": o["delay"], "run_at": o["run_at"],
+            "meta": meta_json(o["meta"]),
         }
         self.task.check_args(args, kwargs)
         return params
+
+    def _before(self, kind: str, params: dict[str, Any] | None) -> tuple[Any, Any]:
+        """Run the on-enqueue hooks (none: ``(None, None)`` at the cost of two checks);
+        their meta goes into ``params`` (when given) and the returned ``Enqueue``."""
+        hooks = self.task.app.hooks
+        if not hooks.enqueue and not GLOBAL.enqueue:
+            return None, None
+        o = self.options
+        info = Enqueue(task=self.task.name, queue=o["queue"], meta=dict(o["meta"] or {}),
+                       kind=kind)
+        gens = hooks.before_enqueue(info)
+        if params is not None:
+            params["meta"] = meta_json(info.meta)
+        return info, gens
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue one job; returns its :class:`Job` handle.
@@ -641,8 +698,19 @@ class TaskCall:
         """
         params = self._params(args, kwargs)
         from ._connections import enqueue_one
-        with _schema_errors():
-            return Job(self.task.app, enqueue_one(self.task.app, self.connection, params))
+        info, gens = self._before("job", params)
+        if info is None:
+            with _schema_errors():
+                return Job(self.task.app, enqueue_one(self.task.app, self.connection, params))
+        try:
+            with _schema_errors():
+                job_id = enqueue_one(self.task.app, self.connection, params)
+        except BaseException as e:
+            self.task.app.hooks.after_enqueue(gens, exc=e)
+            raise
+        info.job_ids.append(job_id)
+        self.task.app.hooks.after_enqueue(gens, job_id=job_id)
+        return Job(self.task.app, job_id)
 
     async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
         """Enqueue on a caller's async connection (its transaction), or a new one.
@@ -652,8 +720,17 @@ class TaskCall:
         """
         params = self._params(args, kwargs)
         from ._connections import aenqueue_one
-        with _schema_errors():
-            return Job(self.task.app, await aenqueue_one(self.task.app, self.connection, params))
+        info, gens = self._before("job", params)
+        try:
+            with _schema_errors():
+                job_id = await aenqueue_one(self.task.app, self.connection, params)
+        except BaseException as e:
+            self.task.app.hooks.after_enqueue(gens, exc=e)
+            raise
+        if info is not None:
+            info.job_ids.append(job_id)
+            self.task.app.hooks.after_enqueue(gens, job_id=job_id)
+        return Job(self.task.app, job_id)
 
     def enqueue_many(self, items: Iterable[Any]) -> int:
         """Enqueue many jobs of this task in one round trip of COPY, streamed.
@@ -675,8 +752,18 @@ class TaskCall:
         ``COPY``; otherwise they are copied to a temporary table and inserted from there,
         so due times use the database clock. One NOTIFY per queue, at commit.
         """
+        info, gens = self._before("many", None)
+        o = self.options if info is None else {**self.options, "meta": info.meta}
+        try:
+            n = self._copy_many(items, o)
+        except BaseException as e:
+            self.task.app.hooks.after_enqueue(gens, exc=e)
+            raise
+        self.task.app.hooks.after_enqueue(gens)
+        return n
+
+    def _copy_many(self, items: Iterable[Any], o: dict[str, Any]) -> int:
         from ._connections import sync_connection
-        o = self.options
         direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
         rows = _bulk_rows(self.task, items, o, direct)
         with sync_connection(self.task.app, self.connection) as conn:
@@ -753,6 +840,7 @@ class Args:
 def _bulk_rows(task: Task, items: Iterable[Any], o: dict[str, Any],
                direct: bool) -> Iterator[tuple[Any, ...]]:
     name = task.name
+    meta = meta_json(o["meta"])
     for i, item in enumerate(items):
         if isinstance(item, Args):
             a, k = item.args, item.kwargs
@@ -766,10 +854,11 @@ def _bulk_rows(task: Task, items: Iterable[Any], o: dict[str, Any],
         kwargs = serialization.dumps(k, f"items[{i}].kwargs")
         task.check_args(a, k, where=f"items[{i}]: ")
         if direct:
-            yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"], "available")
+            yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"], "available",
+                   meta or "{}")
         else:
             yield (name, args, kwargs, o["queue"], o["priority"], o["delay"], o["run_at"],
-                   o["max_attempts"], o["unique_key"])
+                   o["max_attempts"], o["unique_key"], meta)
 
 
 def _validate_options(*, queue: Any = None, priority: Any = None,

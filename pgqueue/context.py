@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import Cancelled
+from .hooks import EMPTY_META
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
@@ -30,6 +32,12 @@ class JobContext:
         writes commit together with the job's completion, or roll back with a failed
         attempt. ``None`` otherwise.
     :ivar app: the :class:`~pgqueue.App`.
+    :ivar meta: the job's metadata, set at enqueue (a read-only mapping of str to str;
+        empty when none): ``traceparent``/``tracestate`` of the enqueuing trace, a
+        tenant, a request id (README "Job metadata").
+    :ivar workflow_id: the workflow of a workflow step (int), else ``None``.
+    :ivar waited: seconds from the enqueue to this attempt's claim (database clock;
+        float, ``None`` when unknown).
     """
 
     __slots__ = (
@@ -41,13 +49,18 @@ class JobContext:
         "connection",
         "job_id",
         "max_attempts",
+        "meta",
         "queue",
         "task",
+        "waited",
         "worker_id",
+        "workflow_id",
     )
 
     def __init__(self, *, job_id: int, task: str, queue: str, attempt: int, max_attempts: int,
-                 worker_id: uuid.UUID, app: App, connection: Any = None):
+                 worker_id: uuid.UUID, app: App, connection: Any = None,
+                 meta: Mapping[str, str] = EMPTY_META, workflow_id: int | None = None,
+                 waited: float | None = None):
         self.job_id = job_id
         self.task = task
         self.queue = queue
@@ -56,6 +69,9 @@ class JobContext:
         self.worker_id = worker_id
         self.app = app
         self.connection = connection
+        self.meta = meta
+        self.workflow_id = workflow_id
+        self.waited = waited
         self._cancel_event: threading.Event | None = None
         self._schedule: tuple[Any, Any] | None = None
         #: set by :meth:`replace`: the ``pgqueue.replace_step`` parameters the worker

@@ -318,6 +318,15 @@ class WorkerMetrics:
             c.labels(queue, task).inc()
         self._duration.labels(queue, task).observe(duration)
 
+    def on_outcome(self, outcome: Any) -> None:
+        """The outcome subscriber (:mod:`pgqueue.hooks`): count a committed outcome and
+        its duration."""
+        ctx = outcome.ctx
+        if outcome.state == "completed":
+            self.completed(ctx.queue, ctx.task, outcome.duration)
+        else:
+            self.failed(ctx.queue, ctx.task, outcome.state, outcome.duration)
+
     def rescued(self, queue: str, task: str) -> None:
         self._rescued.labels(queue, task).inc()
 

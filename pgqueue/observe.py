@@ -1,14 +1,20 @@
-"""What a worker tells the outside world about its jobs: logs, error hooks, metrics.
+"""What a worker tells the outside world about its jobs: logs, outcome hooks, metrics.
 
 A :class:`~pgqueue.Worker` creates one :class:`Observer` at start when anything is
-listening (Prometheus metrics, an error hook, or the ``pgqueue.worker`` logger enabled at
-WARNING or below) and calls it once per outcome; with nothing listening the worker keeps
-``None`` and pays one ``is not None`` check per outcome.
+listening (Prometheus metrics, an outcome or error hook, or the ``pgqueue.worker`` logger
+enabled at WARNING or below) and calls it once per outcome; with nothing listening the
+worker keeps ``None`` and pays one ``is not None`` check per outcome.
 
-Error hooks (``@app.on_error`` and ``@app.task(on_error=...)``) receive an
-:class:`ErrorContext` on a dedicated thread, after the failed attempt was committed, so a
-slow or failing hook never delays recording other outcomes. An exception raised by a
-hook is logged (``pgqueue.worker``, ERROR) and otherwise ignored.
+Every committed outcome becomes one :class:`pgqueue.hooks.Outcome`, handed to the
+subscribers of the hook mechanism (:mod:`pgqueue.hooks`): the worker's Prometheus
+metrics at once, on the completer thread (cheap counters); then, on a dedicated thread so
+that a slow or failing hook never delays recording other outcomes, the error hooks and
+the ``on_outcome`` hooks (global ones first, then the app's, in registration order).
+
+Error hooks (``@app.on_error`` and ``@app.task(on_error=...)``) are one such subscriber:
+for failed outcomes they receive an :class:`ErrorContext`, the task's own hook before the
+app's. An exception raised by any hook is logged (``pgqueue.worker``, ERROR) and
+otherwise ignored.
 
 Log lines carry structured ``extra`` fields: ``job_id``, ``task``, ``queue``,
 ``attempt``, ``worker_id`` and ``state`` (plus ``duration`` in seconds, ``error_type``
@@ -40,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
+from .hooks import Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -136,11 +143,20 @@ class Observer:
         self.worker = worker
         self.metrics = metrics
         self.app_hooks: list[ErrorHook] = list(getattr(worker.app, "error_hooks", ()))
-        self.has_hooks = bool(self.app_hooks) or any(
+        self.has_error_hooks = bool(self.app_hooks) or any(
             getattr(t, "on_error", None) is not None for t in worker.app.tasks.values())
+        #: subscribers called at once, on the completer thread (the worker's metrics)
+        self.inline: list[Callable[[Outcome], Any]] = (
+            [metrics.on_outcome] if metrics is not None else [])
+        #: subscribers called on the hook thread: error hooks, then on_outcome hooks
+        self.deferred: list[Callable[[Outcome], Any]] = (
+            ([self._error_hooks] if self.has_error_hooks else [])
+            + worker.app.hooks.outcome_hooks())
+        self.has_hooks = bool(self.deferred)
         self._hook_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._hook_thread: threading.Thread | None = None
         self._hook_lock = threading.Lock()
+        self._running: _Running | None = None
 
     @classmethod
     def wanted(cls, worker: Worker) -> bool:
@@ -148,6 +164,7 @@ class Observer:
         on (failures are logged at WARNING and ERROR)."""
         return (worker.metrics_port is not None or worker.metrics_registry is not None
                 or bool(getattr(worker.app, "error_hooks", ()))
+                or worker.app.hooks.has_outcome
                 or any(getattr(t, "on_error", None) is not None
                        for t in worker.app.tasks.values())
                 or log.isEnabledFor(logging.WARNING))
@@ -166,10 +183,14 @@ class Observer:
         """Jobs recorded as completed (only those still owned: fenced-out ones excluded)."""
         now = time.monotonic()
         debug = log.isEnabledFor(logging.DEBUG)
+        inline, deferred = self.inline, self.deferred
         for r in rs:
             took = (r.ended or now) - r.started
-            if self.metrics is not None:
-                self.metrics.completed(r.queue, r.name, took)
+            if inline or deferred:
+                out = Outcome(r.ctx, "completed", duration=took)
+                self._tell(inline, out, r)
+                if deferred:
+                    self._queue(out, r)
             if debug:
                 log.debug("job %s %s attempt %s completed in %.3f s", r.id, r.name,
                           r.attempt, took,
@@ -184,11 +205,14 @@ class Observer:
                 continue
             took = (r.ended or now) - r.started
             when = retry_at.get(r.id) if retry_at else None
-            if self.metrics is not None:
-                self.metrics.failed(r.queue, r.name, state, took)
+            out = None
+            if self.inline or self.deferred:
+                out = Outcome(r.ctx, state, exception=r.exc if r.exc is not None
+                              else _stand_in(err), error=err, duration=took, retry_at=when)
+                self._tell(self.inline, out, r)
             self._log_failure(r, err, state, took, when)
-            if self.has_hooks:
-                self._queue_hooks(r, err, state, when)
+            if self.deferred:
+                self._queue(out, r)
 
     def _log_failure(self, r: _Running, err: dict[str, Any], state: str, took: float,
                      when: dt.datetime | None) -> None:
@@ -270,16 +294,20 @@ class Observer:
         return dict(conn.execute("select id, run_at from pgqueue.jobs where id = any(%s)",
                                  (ids,)).fetchall())
 
-    # -- error hooks ---------------------------------------------------------------
+    # -- outcome hooks -------------------------------------------------------------
 
-    def _queue_hooks(self, r: _Running, err: dict[str, Any], state: str,
-                     when: dt.datetime | None) -> None:
-        task_hook = getattr(r.task, "on_error", None) if r.task is not None else None
-        hooks = ([task_hook] if task_hook is not None else []) + self.app_hooks
-        if not hooks:
-            return
-        exc = r.exc if r.exc is not None else _stand_in(err)
-        self._hook_q.put((hooks, r, err, state, when, exc))
+    def _tell(self, subscribers: list[Callable[[Outcome], Any]], out: Outcome,
+              r: _Running) -> None:
+        for fn in subscribers:
+            try:
+                fn(out)
+            except Exception:  # noqa: BLE001 - a subscriber never stops the worker
+                log.exception("outcome hook %s raised for job %s",
+                              getattr(fn, "__qualname__", repr(fn)), r.id,
+                              extra=_extra(self.worker, r, out.state))
+
+    def _queue(self, out: Outcome | None, r: _Running) -> None:
+        self._hook_q.put((out, r))
         if self._hook_thread is None:
             with self._hook_lock:
                 if self._hook_thread is None:
@@ -292,19 +320,34 @@ class Observer:
             item = self._hook_q.get()
             if item is None:
                 return
-            hooks, r, err, state, when, exc = item
+            out, r = item
+            self._running = r    # for the error-hook subscriber (this thread only)
+            self._tell(self.deferred, out, r)
+            self._running = None
+
+    def _error_hooks(self, out: Outcome) -> None:
+        """The error hooks, as one outcome subscriber: for each failed attempt, the
+        task's own hook, then the app's, with one :class:`ErrorContext`."""
+        if not out.failed:
+            return
+        r = self._running
+        task_hook = getattr(r.task, "on_error", None) if r.task is not None else None
+        hooks = ([task_hook] if task_hook is not None else []) + self.app_hooks
+        if not hooks:
+            return
+        try:
+            ctx = self._context(r, out.error or {}, out.state, out.retry_at,
+                                out.exception)
+        except Exception:  # noqa: BLE001
+            log.exception("cannot build the error context of job %s", r.id)
+            return
+        for hook in hooks:
             try:
-                ctx = self._context(r, err, state, when, exc)
-            except Exception:  # noqa: BLE001
-                log.exception("cannot build the error context of job %s", r.id)
-                continue
-            for hook in hooks:
-                try:
-                    hook(ctx)
-                except Exception:  # noqa: BLE001 - a hook never stops the worker
-                    log.exception("error hook %s raised for job %s",
-                                  getattr(hook, "__qualname__", repr(hook)), r.id,
-                                  extra=ctx.log_extra)
+                hook(ctx)
+            except Exception:  # noqa: BLE001 - a hook never stops the worker
+                log.exception("error hook %s raised for job %s",
+                              getattr(hook, "__qualname__", repr(hook)), r.id,
+                              extra=ctx.log_extra)
 
     def _context(self, r: _Running, err: dict[str, Any], state: str,
                  when: dt.datetime | None, exc: BaseException) -> ErrorContext:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import queue as queue_mod
@@ -47,6 +48,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -58,6 +60,7 @@ from ._sql import q
 from .app import MAX_DELAY, App, Task
 from .context import JobContext
 from .errors import Cancelled, ConfigurationError, Discard, RetryLater, SchemaError
+from .hooks import EMPTY_META
 from .observe import Observer
 
 __all__ = ["Worker"]
@@ -179,6 +182,15 @@ def _parse(text: str, what: str) -> Any:
                       "flatten them and enqueue the job again") from None
     except Exception as e:  # noqa: BLE001 - any parse failure is permanent
         raise Discard(f"the job's {what} cannot be read: {type(e).__name__}: {e}") from None
+
+
+def _meta(text: str) -> Any:
+    """A job's meta, claimed as JSON text, as a read-only mapping (empty if unreadable)."""
+    try:
+        return MappingProxyType(json.loads(text))
+    except Exception:  # noqa: BLE001 - never fail a job over its metadata
+        log.warning("unreadable job meta %.80r; ignoring it", text)
+        return EMPTY_META
 
 
 class _Conn:
@@ -724,10 +736,12 @@ class Worker:
 
     def _dispatch(self, row: tuple) -> None:
         (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, _run_at, timeout,
-         latency, cancel_requested, inputs) = row
+         latency, cancel_requested, inputs, meta, workflow_id, waited) = row
         task = self.app.tasks.get(name)
         ctx = JobContext(job_id=job_id, task=name, queue=queue, attempt=attempt,
-                         max_attempts=max_attempts, worker_id=self.id, app=self.app)
+                         max_attempts=max_attempts, worker_id=self.id, app=self.app,
+                         meta=EMPTY_META if meta is None else _meta(meta),
+                         workflow_id=workflow_id, waited=waited)
         r = _Running(id=job_id, attempt=attempt, task=task, name=name, queue=queue, args=args,
                      kwargs=kwargs, ctx=ctx, inputs=inputs,
                      timeout=timeout if timeout is not None else (task.timeout if task else None))
@@ -813,7 +827,7 @@ class Worker:
             if task.transactional:
                 self._run_transactional(r, args, kwargs)
                 return
-            result = task.fn(*args, **kwargs)
+            result = self.app.hooks.call(r.ctx, task.fn, args, kwargs)
             self._record_success(r, result)
         except BaseException as e:  # noqa: BLE001 - every failure is recorded
             self._record_exception(r, e)
@@ -821,7 +835,7 @@ class Worker:
     def _run_transactional(self, r: _Running, args: list[Any], kwargs: dict[str, Any]) -> None:
         with self.app.connection() as conn, conn.transaction():
             r.ctx.connection = conn
-            result = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
+            result = self.app.hooks.call(r.ctx, r.task.fn, args, kwargs)  # type: ignore[union-attr]
             payload = _result_payload(result)
             with self._lock:
                 if r.abandoned:
@@ -850,8 +864,7 @@ class Worker:
                     if result is _DONE:
                         return
                 else:
-                    coro = task.fn(*args, **kwargs)
-                    result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
+                    result = await self.app.hooks.acall(r.ctx, task.fn, args, kwargs, r.timeout)
             except asyncio.TimeoutError as e:
                 self._record_failure(r, {"type": "builtins.TimeoutError",
                                          "message": f"attempt exceeded its timeout of {r.timeout} s",
@@ -874,8 +887,8 @@ class Worker:
         conn = await psycopg.AsyncConnection.connect(self.app.conninfo, autocommit=True)
         async with conn, conn.transaction():
             r.ctx.connection = conn
-            coro = r.task.fn(*args, **kwargs)  # type: ignore[union-attr]
-            result = await (asyncio.wait_for(coro, r.timeout) if r.timeout else coro)
+            result = await self.app.hooks.acall(r.ctx, r.task.fn, args, kwargs,  # type: ignore[union-attr]
+                                                r.timeout)
             payload = _result_payload(result)
             name, params = _completion(self.id, r, payload)
             cur = await conn.execute(q(name), params)

@@ -87,6 +87,7 @@ from psycopg.rows import dict_row
 
 from . import serialization
 from .app import _validate_options, _validate_when
+from .hooks import GLOBAL, Enqueue, check_meta, meta_json
 from .errors import EnqueueError, PgQueueError, ResultTimeout
 from .job import Job
 
@@ -105,9 +106,10 @@ __all__ = [
 ]
 
 ENQUEUE_SQL = ("select workflow_id, job_ids from pgqueue.enqueue_workflow("
-               "%(steps)s::jsonb, %(name)s, %(result_steps)s::integer[], %(result_is_list)s)")
+               "%(steps)s::jsonb, %(name)s, %(result_steps)s::integer[], %(result_is_list)s, "
+               "%(meta)s::jsonb)")
 
-_OPTIONS = ("queue", "priority", "max_attempts", "delay", "name", "any_outcome")
+_OPTIONS = ("queue", "priority", "max_attempts", "delay", "name", "any_outcome", "meta")
 
 
 class WorkflowFailed(PgQueueError):
@@ -148,7 +150,8 @@ class _Canvas:
         return chain(self, other)
 
     def using(self, *, connection: Any = None, name: str | None = None,
-              on_error: Signature | None = None) -> WorkflowCall:
+              on_error: Signature | None = None,
+              meta: dict[str, str] | None = None) -> WorkflowCall:
         """Options for enqueueing; returns an object with ``enqueue``/``aenqueue``.
 
         :param connection: a psycopg ``Connection`` (or Django connection, SQLAlchemy
@@ -158,10 +161,16 @@ class _Canvas:
             app's pool, committed at once.
         :param name: a label stored in ``pgqueue.workflows.name``.
         :param on_error: error callback signature (overrides :meth:`on_error`).
+        :param meta: metadata of every step (a dict of str to str, see
+            :meth:`pgqueue.Task.using`), except steps that set their own with
+            ``.set(meta=...)``. On-enqueue hooks run once for the workflow and their
+            additions (the trace context) go to every step.
         """
-        return WorkflowCall(self, connection, name, on_error if on_error is not None else self._error)
+        return WorkflowCall(self, connection, name,
+                            on_error if on_error is not None else self._error, meta)
 
-    def enqueue(self, *, name: str | None = None, on_error: Signature | None = None) -> WorkflowHandle:
+    def enqueue(self, *, name: str | None = None, on_error: Signature | None = None,
+                meta: dict[str, str] | None = None) -> WorkflowHandle:
         """Enqueue on the app's pool, committed at once. See :meth:`using`.
 
         :returns: a :class:`WorkflowHandle`.
@@ -170,12 +179,12 @@ class _Canvas:
             cannot carry, and ``TypeError`` for a step whose arguments do not bind to its
             task's function, before any SQL runs.
         """
-        return self.using(name=name, on_error=on_error).enqueue()
+        return self.using(name=name, on_error=on_error, meta=meta).enqueue()
 
-    async def aenqueue(self, *, name: str | None = None,
-                       on_error: Signature | None = None) -> WorkflowHandle:
+    async def aenqueue(self, *, name: str | None = None, on_error: Signature | None = None,
+                       meta: dict[str, str] | None = None) -> WorkflowHandle:
         """``enqueue`` for async code, on a new autocommit connection."""
-        return await self.using(name=name, on_error=on_error).aenqueue()
+        return await self.using(name=name, on_error=on_error, meta=meta).aenqueue()
 
     # compile: returns (tail step indexes, whether the result is a list)
     def _emit(self, plan: _Plan, feeds: list[int], feeds_list: bool,
@@ -245,6 +254,8 @@ class Signature(_Canvas):
             if not isinstance(o["any_outcome"], bool):
                 raise EnqueueError(f"any_outcome must be True or False, got {o['any_outcome']!r}")
             checked["any_outcome"] = o["any_outcome"]
+        if o.get("meta") is not None:
+            checked["meta"] = check_meta(o["meta"], "step meta")
         self.options.update(checked)
         return self
 
@@ -549,6 +560,8 @@ class _Plan:
             step["delay"] = opts["delay"]
         if opts.get("name"):
             step["step"] = opts["name"]
+        if opts.get("meta") is not None:
+            step["meta"] = opts["meta"]
         if any_outcome:
             step["any_outcome"] = True
         deps = list(dict.fromkeys(depends_on))
@@ -610,23 +623,40 @@ def replacement_params(canvas: _Canvas) -> dict[str, Any]:
 class WorkflowCall:
     """A workflow bound to enqueue options (the result of ``.using(...)``)."""
 
-    __slots__ = ("canvas", "connection", "error", "name")
+    __slots__ = ("canvas", "connection", "error", "meta", "name")
 
     def __init__(self, canvas: _Canvas, connection: Any, name: str | None,
-                 error: Signature | None):
+                 error: Signature | None, meta: dict[str, str] | None = None):
         if name is not None and (not isinstance(name, str) or "\x00" in name):
             raise EnqueueError(f"workflow name must be a string without NUL, got {name!r}")
         self.canvas = canvas
         self.connection = connection
         self.name = name
         self.error = error
+        self.meta = check_meta(meta)
 
-    def _params(self) -> tuple[App, dict[str, Any], list[int], bool]:
+    def _params(self) -> tuple[App, dict[str, Any], list[int], bool, Any]:
         plan, tails, is_list = _compile(self.canvas, self.error)
         assert plan.app is not None
+        meta = self.meta
+        hooked = None
+        hooks = plan.app.hooks
+        if hooks.enqueue or GLOBAL.enqueue:
+            first = plan.steps[0]
+            info = Enqueue(task=first["task"], queue=first["queue"], meta=dict(meta or {}),
+                           kind="workflow")
+            gens = hooks.before_enqueue(info)
+            added = {k: v for k, v in info.meta.items() if (meta or {}).get(k) != v}
+            meta = info.meta
+            if added:   # the hooks' additions (trace context) reach steps with their own meta
+                for step in plan.steps:
+                    if "meta" in step:
+                        step["meta"] = {**added, **step["meta"]}
+            hooked = (info, gens)
         params = {"steps": json.dumps(plan.steps, ensure_ascii=False, separators=(",", ":")),
-                  "name": self.name, "result_steps": tails, "result_is_list": is_list}
-        return plan.app, params, tails, is_list
+                  "name": self.name, "result_steps": tails, "result_is_list": is_list,
+                  "meta": meta_json(meta)}
+        return plan.app, params, tails, is_list, hooked
 
     def enqueue(self) -> WorkflowHandle:
         """Insert the workflow (one statement, one round trip) and return its handle.
@@ -642,19 +672,37 @@ class WorkflowCall:
             stays usable.
         """
         from ._connections import sync_connection
-        app, params, tails, is_list = self._params()
-        with sync_connection(app, self.connection) as conn:
-            wf_id, job_ids = conn.execute(ENQUEUE_SQL, params).fetchone()
+        app, params, tails, is_list, hooked = self._params()
+        try:
+            with sync_connection(app, self.connection) as conn:
+                wf_id, job_ids = conn.execute(ENQUEUE_SQL, params).fetchone()
+        except BaseException as e:
+            if hooked is not None:
+                app.hooks.after_enqueue(hooked[1], exc=e)
+            raise
+        if hooked is not None:
+            hooked[0].job_ids[:] = job_ids
+            hooked[0].workflow_id = wf_id
+            app.hooks.after_enqueue(hooked[1], job_id=job_ids[0])
         return WorkflowHandle(app, wf_id, job_ids=job_ids,
                               result_job_ids=[job_ids[i] for i in tails], result_is_list=is_list)
 
     async def aenqueue(self) -> WorkflowHandle:
         """``enqueue`` on a caller's ``AsyncConnection`` (its transaction) or a new one."""
         from ._connections import async_connection
-        app, params, tails, is_list = self._params()
-        async with async_connection(app, self.connection) as conn:
-            cur = await conn.execute(ENQUEUE_SQL, params)
-            wf_id, job_ids = await cur.fetchone()
+        app, params, tails, is_list, hooked = self._params()
+        try:
+            async with async_connection(app, self.connection) as conn:
+                cur = await conn.execute(ENQUEUE_SQL, params)
+                wf_id, job_ids = await cur.fetchone()
+        except BaseException as e:
+            if hooked is not None:
+                app.hooks.after_enqueue(hooked[1], exc=e)
+            raise
+        if hooked is not None:
+            hooked[0].job_ids[:] = job_ids
+            hooked[0].workflow_id = wf_id
+            app.hooks.after_enqueue(hooked[1], job_id=job_ids[0])
         return WorkflowHandle(app, wf_id, job_ids=job_ids,
                               result_job_ids=[job_ids[i] for i in tails], result_is_list=is_list)
 

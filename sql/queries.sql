@@ -9,20 +9,22 @@ select pgqueue.enqueue(task => %(task)s, args => %(args)s::jsonb, kwargs => %(kw
                        queue => %(queue)s, priority => %(priority)s,
                        run_at => %(run_at)s::timestamptz,
                        delay => make_interval(secs => %(delay)s::float8),
-                       max_attempts => %(max_attempts)s, unique_key => %(unique_key)s);
+                       max_attempts => %(max_attempts)s, unique_key => %(unique_key)s,
+                       meta => %(meta)s::jsonb);
 
 -- name: copy_jobs
-copy pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, state) from stdin;
+copy pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, state, meta) from stdin;
 
 -- name: bulk_stage_create
 create temporary table if not exists pgqueue_bulk_stage (
     task text, args jsonb, kwargs jsonb, queue text, priority integer,
-    delay double precision, run_at timestamptz, max_attempts integer, unique_key text
+    delay double precision, run_at timestamptz, max_attempts integer, unique_key text,
+    meta jsonb
 ) on commit delete rows;
 
 -- name: bulk_stage_copy
 copy pg_temp.pgqueue_bulk_stage (task, args, kwargs, queue, priority, delay, run_at,
-                                 max_attempts, unique_key) from stdin;
+                                 max_attempts, unique_key, meta) from stdin;
 
 -- name: bulk_stage_insert
 -- Delays count from this statement (one clock reading for every row), not from the
@@ -34,9 +36,9 @@ with clock as (
       from pg_temp.pgqueue_bulk_stage s cross join clock c
 ), ins as (
     insert into pgqueue.jobs (task, args, kwargs, queue, priority, run_at, max_attempts,
-                              unique_key, state)
+                              unique_key, state, meta)
     select task, args, kwargs, queue, priority, due, max_attempts, unique_key,
-           case when due > at then 'scheduled' else 'available' end
+           case when due > at then 'scheduled' else 'available' end, coalesce(meta, '{}')
       from staged
     on conflict (unique_key) where unique_key is not null
         and state in ('pending', 'scheduled', 'available', 'running', 'retryable')
@@ -80,7 +82,11 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
        extract(epoch from timeout)::float8 as timeout,
        extract(epoch from started_at - run_at)::float8 as queue_latency, cancel_requested_at,
        -- workflow steps: their dependencies' results, read now (null for plain jobs)
-       case when inputs <> 'none' then pgqueue.job_inputs(id)::text end as inputs
+       case when inputs <> 'none' then pgqueue.job_inputs(id)::text end as inputs,
+       -- metadata as text, null when empty (most jobs: nothing to parse); the workflow;
+       -- seconds from enqueue to this claim (database clock)
+       nullif(meta, '{}')::text as meta, workflow_id,
+       extract(epoch from started_at - created_at)::float8 as waited
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
                      %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[],
@@ -317,3 +323,17 @@ select name, next_slot, extract(epoch from now() - next_slot)::float8 as lag
   from pgqueue.schedules
  where not paused and declared and next_slot < now() - make_interval(secs => %(lag)s::float8)
  order by next_slot;
+
+-- name: job_meta_merge
+-- Add keys to a job's meta while this attempt still owns it (tracing records the
+-- attempt's span here, for the workflow steps that wait for this one).
+update pgqueue.jobs set meta = meta || %(meta)s::jsonb
+ where id = %(id)s and attempt = %(attempt)s and state = 'running';
+
+-- name: job_dependency_meta
+-- The meta of the steps a workflow step waited for (its dependencies), in input order.
+select d.depends_on, j.meta
+  from pgqueue.job_dependencies d
+  join pgqueue.jobs j on j.id = d.depends_on
+ where d.job_id = %(id)s
+ order by d.position nulls last, d.depends_on;

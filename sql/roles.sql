@@ -27,8 +27,10 @@ revoke all on all sequences in schema pgqueue from {producer};
 revoke all on all functions in schema pgqueue from {producer};
 grant usage on schema pgqueue to {producer};
 grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.open_batch,
-    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.step_result to {producer};
-grant insert (task, args, kwargs, queue, priority, run_at, max_attempts, unique_key, state)
+    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.step_result, pgqueue.check_meta
+    to {producer};
+grant insert (task, args, kwargs, queue, priority, run_at, max_attempts, unique_key, state,
+    meta)
     on pgqueue.jobs to {producer};
 grant select on pgqueue.jobs, pgqueue.workflows, pgqueue.job_dependencies, pgqueue.workers,
     pgqueue.queues, pgqueue.migrations, pgqueue.queue_stats, pgqueue.failed_jobs,
@@ -49,7 +51,7 @@ grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.cla
     pgqueue.backoff, pgqueue.hand_back, pgqueue.heartbeat, pgqueue.rescue,
     pgqueue.release_unknown, pgqueue.job_inputs, pgqueue.prune, pgqueue.fire_schedule,
     pgqueue.schedule_job, pgqueue.step_result, pgqueue.replace_step, pgqueue.open_batch,
-    pgqueue.add_to_batch, pgqueue.seal_batch to {worker};
+    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.check_meta to {worker};
 grant select, insert, update, delete on pgqueue.jobs, pgqueue.workers to {worker};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {worker};
 grant select, insert, update on pgqueue.schedules to {worker};
@@ -69,7 +71,7 @@ grant usage on schema pgqueue to {operator};
 grant execute on function pgqueue.enqueue, pgqueue.cancel, pgqueue.cancel_workflow,
     pgqueue.retry, pgqueue.retry_discarded, pgqueue.prune, pgqueue.pause_schedule,
     pgqueue.trigger_schedule, pgqueue.add_schedule, pgqueue.schedule_job,
-    pgqueue.step_result, pgqueue.seal_batch to {operator};
+    pgqueue.step_result, pgqueue.seal_batch, pgqueue.check_meta to {operator};
 grant select, insert, update, delete on pgqueue.jobs to {operator};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {operator};
 grant select, insert, update on pgqueue.queues, pgqueue.schedules to {operator};
