@@ -53,7 +53,11 @@ ENQUEUE_TEXT = (
     "run_at => cast(:run_at as timestamptz), "
     "delay => make_interval(secs => cast(:delay as double precision)), "
     "max_attempts => cast(:max_attempts as integer), "
-    "unique_key => cast(:unique_key as text), meta => cast(:meta as jsonb))"
+    "unique_key => cast(:unique_key as text), meta => cast(:meta as jsonb), "
+    "partition_key => cast(:partition_key as text), "
+    "debounce => make_interval(secs => cast(:debounce as double precision)), "
+    "debounce_key => cast(:debounce_key as text), "
+    "debounce_max => make_interval(secs => cast(:debounce_max as double precision)))"
 )
 
 _default_provider: Callable[[], Any] | None = None

@@ -116,6 +116,8 @@ class App:
         self.hooks = Hooks(parent=GLOBAL)
         #: periodic jobs declared with :meth:`periodic`, by schedule name
         self.schedules: dict[str, Any] = {}
+        #: queue limits declared with :meth:`queue`, by queue name
+        self.queues: dict[str, Any] = {}
         self._pool = None
         self._lock = threading.Lock()
 
@@ -173,7 +175,8 @@ class App:
              max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
              retry: RetryPolicy | bool | None = None, transactional: bool = False,
              pass_context: bool = False,
-             on_error: Callable[[Any], Any] | None = None) -> Any:
+             on_error: Callable[[Any], Any] | None = None,
+             concurrency: int | None = None) -> Any:
         """Register a function (``def`` or ``async def``) as a task.
 
         :param name: stored task name; default ``module.qualname`` of the function.
@@ -195,13 +198,20 @@ class App:
         :param on_error: called with an :class:`~pgqueue.ErrorContext` after each failed
             attempt of this task is recorded, before the app's :meth:`on_error` hooks; see
             there.
+        :param concurrency: at most this many jobs of this task running at once across
+            all workers and queues (int >= 1; default ``None``: no limit), enforced by
+            the claim in the database (README "Flow control").
         :raises ValueError: if the name is already registered to another function.
         """
+        from .limits import check_concurrency
+        concurrency = check_concurrency(concurrency, "concurrency")
+
         def deco(f: Callable[..., Any]) -> Task:
             t = Task(self, f, name=name, queue=queue, priority=priority,
                      max_attempts=max_attempts, timeout=timeout, retry=retry,
                      transactional=transactional, pass_context=pass_context or transactional)
             t.on_error = on_error
+            t.concurrency = concurrency
             existing = self.tasks.get(t.name)
             if existing is not None and existing.fn is not f:
                 raise ValueError(f"task name {t.name!r} is already registered "
@@ -327,6 +337,35 @@ class App:
                 catch_up=catch_up, catch_up_limit=catch_up_limit, signature=task)
             return t
         return declare(target) if target is not None else declare
+
+    def queue(self, name: str, *, concurrency: int | None = None,
+              rate_limit: tuple[int, float] | None = None,
+              partition_concurrency: int | None = None,
+              partition_rate_limit: tuple[int, float] | None = None) -> Any:
+        """Declare the limits of queue ``name``; written to ``pgqueue.queues`` when a
+        worker of this app starts, and enforced by every claim in the database, so they
+        hold across all workers and hosts (README "Flow control").
+
+        :param concurrency: at most this many jobs of the queue running at once (int >= 1).
+        :param rate_limit: ``(count, period_seconds)``: at most ``count`` jobs started in
+            any window of ``period_seconds`` (database clock), e.g. ``(20, 1.0)``.
+        :param partition_concurrency: at most this many running jobs per partition key
+            (enqueue option ``partition_key``); the keys are served in turn.
+        :param partition_rate_limit: ``(count, period_seconds)`` per partition key.
+        :raises ConfigurationError: an invalid limit, or the queue declared twice with
+            different limits.
+        :returns: the :class:`pgqueue.limits.QueueLimits` declared.
+
+        ``None`` means no limit. A declaration replaces all the queue's limits at each
+        worker start, unless an operator set them last (``pgqueue queues set``): the
+        operator's setting wins until ``pgqueue queues set QUEUE --reset``.
+
+        >>> app.queue("payments", rate_limit=(20, 1.0))
+        >>> app.queue("reports", partition_concurrency=1)
+        """
+        from .limits import declare
+        return declare(self, name, concurrency, rate_limit, partition_concurrency,
+                       partition_rate_limit)
 
     def get_task(self, name: str) -> Task:
         """The registered task called ``name``. Raises :class:`UnknownTaskError`."""
@@ -457,6 +496,8 @@ class Task:
 
     #: error hook of this task (``@app.task(on_error=...)``), or ``None``
     on_error: Callable[[Any], Any] | None = None
+    #: most jobs of this task running at once across all workers, or ``None``
+    concurrency: int | None = None
 
     def __init__(self, app: App, fn: Callable[..., Any] | None, *, name: str | None = None,
                  queue: str = "default", priority: int = 0,
@@ -583,7 +624,9 @@ class Task:
               run_at: dt.datetime | None = None, queue: str | None = None,
               priority: int | None = None, max_attempts: int | None = None,
               unique_key: str | None = None,
-              meta: dict[str, str] | None = None) -> TaskCall:
+              meta: dict[str, str] | None = None, partition_key: str | None = None,
+              debounce: float | dt.timedelta | None = None, debounce_key: str | None = None,
+              debounce_max: float | dt.timedelta | None = None) -> TaskCall:
         """Options for the next enqueue; returns an object with ``enqueue``/``aenqueue``.
 
         :param connection: where to insert: a psycopg ``Connection`` (inside its current
@@ -604,6 +647,15 @@ class Task:
             :data:`pgqueue.hooks.MAX_META_BYTES` (4096) bytes as JSON text; the task
             reads it as ``ctx.meta``, SQL as ``pgqueue.jobs.meta``. On-enqueue hooks may
             add keys (tracing adds ``traceparent``). Default none.
+        :param partition_key: the job's partition key (str, e.g. a tenant id): the queue's
+            partition limits apply per key and a backlog is served key by key in turn.
+        :param debounce: seconds (float or ``timedelta``) with ``debounce_key``: if a job
+            with that key is still waiting to start, it is replaced (these arguments,
+            due ``debounce`` seconds from now) instead of adding a job; the returned job
+            is the one that will run. Not with ``delay``, ``run_at`` or ``unique_key``.
+        :param debounce_key: the key of ``debounce`` (default: the task's name).
+        :param debounce_max: seconds from the first call that a stream of calls may
+            postpone the job (default ``10 * debounce``).
         :raises EnqueueError: (a ``ValueError``) for invalid options, before any SQL runs.
         """
         opts = dict(self.defaults)
@@ -611,6 +663,8 @@ class Task:
         opts.update(_validate_options(queue=queue, priority=priority, max_attempts=max_attempts))
         opts["unique_key"] = _validate_unique_key(unique_key)
         opts["delay"], opts["run_at"] = _validate_when(delay, run_at)
+        opts["partition_key"] = _validate_key(partition_key, "partition_key")
+        opts.update(_validate_debounce(debounce, debounce_key, debounce_max, opts, self.name))
         return TaskCall(self, connection, opts)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
@@ -642,7 +696,8 @@ class Task:
 
     def _plain_options(self) -> dict[str, Any]:
         opts = dict(self.defaults)
-        opts.update(unique_key=None, delay=None, run_at=None, meta=None)
+        opts.update(unique_key=None, delay=None, run_at=None, meta=None, partition_key=None,
+                    debounce=None, debounce_key=None, debounce_max=None)
         return opts
 
 
@@ -665,6 +720,8 @@ class TaskCall:
             "queue": o["queue"], "priority": o["priority"], "max_attempts": o["max_attempts"],
             "unique_key": o["unique_key"], "delay": o["delay"], "run_at": o["run_at"],
             "meta": meta_json(o["meta"]),
+            "partition_key": o["partition_key"], "debounce": o["debounce"],
+            "debounce_key": o["debounce_key"], "debounce_max": o["debounce_max"],
         }
         self.task.check_args(args, kwargs)
         return params
@@ -764,6 +821,8 @@ class TaskCall:
 
     def _copy_many(self, items: Iterable[Any], o: dict[str, Any]) -> int:
         from ._connections import sync_connection
+        if o["debounce"] is not None:
+            raise EnqueueError("debounce replaces one waiting job: enqueue_many cannot use it")
         direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
         rows = _bulk_rows(self.task, items, o, direct)
         with sync_connection(self.task.app, self.connection) as conn:
@@ -854,11 +913,11 @@ def _bulk_rows(task: Task, items: Iterable[Any], o: dict[str, Any],
         kwargs = serialization.dumps(k, f"items[{i}].kwargs")
         task.check_args(a, k, where=f"items[{i}]: ")
         if direct:
-            yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"], "available",
-                   meta or "{}")
+            yield (name, args, kwargs, o["queue"], o["priority"], o["max_attempts"],
+                   o["partition_key"], "available", meta or "{}")
         else:
             yield (name, args, kwargs, o["queue"], o["priority"], o["delay"], o["run_at"],
-                   o["max_attempts"], o["unique_key"], meta)
+                   o["max_attempts"], o["unique_key"], meta, o["partition_key"])
 
 
 def _validate_options(*, queue: Any = None, priority: Any = None,
@@ -891,6 +950,41 @@ def _validate_unique_key(key: Any) -> str | None:
                            f"at most {MAX_UNIQUE_KEY_BYTES} bytes (hash a longer key), "
                            f"got {key[:80] if isinstance(key, str) else key!r}")
     return key
+
+
+def _validate_key(key: Any, what: str) -> str | None:
+    if key is None:
+        return None
+    if (not isinstance(key, str) or not key or len(key) > 512 or "\x00" in key
+            or not serialization._utf8_ok(key)):
+        raise EnqueueError(f"{what} must be a non-empty string of at most 512 characters, "
+                           f"valid UTF-8 without NUL, got "
+                           f"{key[:80] if isinstance(key, str) else key!r}")
+    return key
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+            or not 0 <= value <= MAX_DELAY):
+        raise EnqueueError(f"{what} must be seconds (a number >= 0) or a timedelta, "
+                           f"got {value!r}")
+    return float(value)
+
+
+def _validate_debounce(debounce: Any, key: Any, maximum: Any, opts: dict[str, Any],
+                       task_name: str) -> dict[str, Any]:
+    if debounce is None:
+        if key is not None or maximum is not None:
+            raise EnqueueError("debounce_key and debounce_max need debounce=SECONDS")
+        return {"debounce": None, "debounce_key": None, "debounce_max": None}
+    if opts["delay"] is not None or opts["run_at"] is not None or opts["unique_key"] is not None:
+        raise EnqueueError("debounce sets the due time and the key itself: give no delay, "
+                           "run_at or unique_key with it")
+    return {"debounce": _seconds(debounce, "debounce"),
+            "debounce_key": _validate_key(key if key is not None else task_name, "debounce_key"),
+            "debounce_max": None if maximum is None else _seconds(maximum, "debounce_max")}
 
 
 def _validate_task_name(name: Any) -> str:

@@ -64,9 +64,11 @@ log = logging.getLogger("pgqueue.bench")
 
 NOOP = "pgqueue.bench.noop"
 PING = "pgqueue.bench.ping"
-#: every scenario, in the order ``--scenario all`` runs them; ``claim`` and ``batch`` only
-#: on request
-SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord", "claim", "batch")
+NAP = "pgqueue.bench.nap"
+#: every scenario, in the order ``--scenario all`` runs them; ``claim``, ``batch`` and the
+#: limited drains only on request
+SCENARIOS = ("enqueue", "bulk", "drain", "latency", "chord", "claim", "batch", "drain_limited",
+             "drain_partitioned")
 ALL = ("enqueue", "bulk", "drain", "latency", "chord")
 
 
@@ -185,7 +187,11 @@ class Bench:
             self.started[seq] = time.perf_counter()
             self.started_event.set()
 
+        def nap(seconds: float) -> None:
+            time.sleep(seconds)
+
         self.noop = self.app.task(noop, name=NOOP, queue=queue, retry=False)
+        self.nap = self.app.task(nap, name=NAP, queue=queue, retry=False)
         self.ping = self.app.task(ping, name=PING, queue=queue, retry=False, max_attempts=1)
 
     # -- housekeeping --------------------------------------------------------------
@@ -201,6 +207,8 @@ class Bench:
         with self.connect() as c:
             c.execute("delete from pgqueue.jobs where queue = %s", (self.queue,))
             c.execute("delete from pgqueue.workers where name like 'pgqueue-bench%%'")
+            c.execute("delete from pgqueue.queues where name = %s", (self.queue,))
+            c.execute("delete from pgqueue.job_starts where queue = %s", (self.queue,))
             if vacuum:
                 c.execute("vacuum (analyze) pgqueue.jobs")
 
@@ -217,7 +225,8 @@ class Bench:
         self.noop.enqueue_many(() for _ in range(n))
 
     def worker(self, **kw: Any) -> tuple[Worker, threading.Thread]:
-        w = Worker(self.app, queues=[self.queue], concurrency=self.concurrency,
+        kw.setdefault("concurrency", self.concurrency)
+        w = Worker(self.app, queues=[self.queue],
                    name=f"pgqueue-bench:{os.getpid()}", shutdown_grace=10.0, **kw)
         t = threading.Thread(target=w.run, kwargs={"install_signal_handlers": False},
                              name="bench-worker", daemon=True)
@@ -295,6 +304,84 @@ class Bench:
                "ok": done == n}
         out.update(watch.report())
         self.last_drain = out
+        return out
+
+    def _drain_until(self, w: Worker, t: threading.Thread, n: int) -> float:
+        t0 = time.perf_counter()
+        t.start()
+        deadline = time.monotonic() + max(120.0, n / 200.0)
+        while w.stats["completed"] + w.stats["failed"] < n and t.is_alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        dt_ = time.perf_counter() - t0
+        w.stop()
+        t.join(30)
+        return dt_
+
+    def drain_limited(self, n: int, limit: int = 50, seconds: float = 0.05) -> dict[str, Any]:
+        """Jobs of ``seconds`` each in a queue with a concurrency limit of ``limit``, on
+        a worker with more slots than that: utilisation is the rate reached over the
+        limit's ceiling (``limit / seconds`` jobs/s)."""
+        self.cleanup(vacuum=False)
+        self.nap.enqueue_many([seconds] for _ in range(n))
+        with self.connect() as c:
+            c.execute("select pgqueue.set_queue_limits(%s, concurrency => %s)",
+                      (self.queue, limit))
+            c.execute("vacuum (analyze) pgqueue.jobs")
+        w, t = self.worker(poll_interval=1.0, concurrency=limit + 10)
+        dt_ = self._drain_until(w, t, n)
+        done = self.count("completed")
+        self.cleanup()
+        rate = n / dt_
+        return {"scenario": "drain_limited", "jobs": n, "limit": limit,
+                "job_seconds": seconds, "seconds": round(dt_, 3), "jobs_per_s": round(rate),
+                "utilisation": round(rate / (limit / seconds), 3), "ok": done == n}
+
+    def drain_partitioned(self, n: int, samples: int) -> dict[str, Any]:
+        """Drain ``n // 20`` keys x 20 no-op jobs (partition concurrency 2) and compare
+        with the unlimited drain of this run; then the claim latency with up to 10,000
+        distinct keys waiting (batch 10)."""
+        keys = max(2, n // 20)
+        n = keys * 20
+        self.cleanup(vacuum=False)
+        with self.connect() as c:
+            c.execute("insert into pgqueue.jobs (task, queue, partition_key) "
+                      "select %s, %s, 'key-' || (i %% %s) from generate_series(1, %s) i",
+                      (NOOP, self.queue, keys, n))
+            c.execute("select pgqueue.set_queue_limits(%s, partition_concurrency => 2)",
+                      (self.queue,))
+            c.execute("vacuum (analyze) pgqueue.jobs")
+        w, t = self.worker(poll_interval=1.0)
+        dt_ = self._drain_until(w, t, n)
+        done = self.count("completed")
+        out: dict[str, Any] = {"scenario": "drain_partitioned", "jobs": n, "keys": keys,
+                               "partition_concurrency": 2, "concurrency": self.concurrency,
+                               "seconds": round(dt_, 3), "jobs_per_s": round(n / dt_),
+                               "ok": done == n}
+        if self.last_drain:
+            out["of_unlimited"] = round(out["jobs_per_s"] / self.last_drain["jobs_per_s"], 3)
+        wait_keys = min(10_000, max(100, n * 5))
+        with self.connect() as c:
+            c.execute("delete from pgqueue.jobs where queue = %s", (self.queue,))
+            c.execute("insert into pgqueue.jobs (task, queue, partition_key) "
+                      "select %s, %s, 'key-' || i from generate_series(1, %s) i",
+                      (NOOP, self.queue, wait_keys))
+            c.execute("vacuum (analyze) pgqueue.jobs")
+            wid = uuid.uuid4()
+            lat = []
+            for _ in range(min(samples, wait_keys // 10)):
+                t0 = time.perf_counter()
+                c.execute(q("claim"), {"worker_id": wid, "queues": [self.queue],
+                                       "tasks": [NOOP], "batch": 10,
+                                       "task_max_attempts": None, "task_timeouts": None,
+                                       "task_concurrency": None, "position_queues": None,
+                                       "position_priorities": None, "position_run_ats": None,
+                                       "position_ids": None}, prepare=True).fetchall()
+                lat.append((time.perf_counter() - t0) * 1000)
+        self.cleanup()
+        out.update({"waiting_keys": wait_keys, "claim_p50_ms": _r(_pct(lat, 50), 2),
+                    "claim_p95_ms": _r(_pct(lat, 95), 2)})
         return out
 
     def chord(self, n: int) -> dict[str, Any]:
@@ -462,6 +549,7 @@ class Bench:
                                                   "tasks": [NOOP], "batch": 1,
                                                   "task_max_attempts": [self.noop.max_attempts],
                                                   "task_timeouts": [self.noop.timeout],
+                                                  "task_concurrency": None,
                                                   **positions.params()},
                                      prepare=True).fetchall()
                     positions.taken(rows, 1)
@@ -545,6 +633,10 @@ def run_scenarios(dsn: str, scenarios: list[str], *, jobs: int, concurrency: int
                 r = b.chord(jobs)
             elif s == "batch":
                 r = b.batch(jobs)
+            elif s == "drain_limited":
+                r = b.drain_limited(jobs)
+            elif s == "drain_partitioned":
+                r = b.drain_partitioned(jobs, samples)
             else:  # pragma: no cover - click validates
                 raise ValueError(s)
             report["results"].append(r)
@@ -590,6 +682,18 @@ def _print_table(report: dict[str, Any]) -> None:
                        f"seal/last member -> callback start p50 {r['callback_p50_ms']} ms, "
                        f"max {r['callback_max_ms']} ms over {r['runs']} batches"
                        + ("" if r["ok"] else "; INCOMPLETE"))
+        elif s == "drain_limited":
+            click.echo(f"{s:<10} {r['jobs']:>8} {r['seconds']:>8} {r['jobs_per_s']:>9}  "
+                       f"concurrency limit {r['limit']}, jobs of {r['job_seconds']} s: "
+                       f"{r['utilisation']:.0%} of the limit used"
+                       + ("" if r["ok"] else "; INCOMPLETE"))
+        elif s == "drain_partitioned":
+            vs = (f", {r['of_unlimited']:.0%} of the unlimited drain"
+                  if "of_unlimited" in r else "")
+            click.echo(f"{s:<10} {r['jobs']:>8} {r['seconds']:>8} {r['jobs_per_s']:>9}  "
+                       f"{r['keys']} keys, partition concurrency 2{vs}; claim with "
+                       f"{r['waiting_keys']:,} keys waiting p50 {r['claim_p50_ms']} ms, "
+                       f"p95 {r['claim_p95_ms']} ms" + ("" if r["ok"] else "; INCOMPLETE"))
         elif s == "claim":
             e = r["empty"]
             line = (f"{s:<10} {r['samples']:>8} {'':>8} {'':>9}  claim round trip ms: "

@@ -386,6 +386,9 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @click.option("--unique-key", default=None,
               help="At most one unfinished job per key, across all tasks and queues; if one "
                    "holds the key, print its id and enqueue nothing.")
+@click.option("--partition-key", default=None,
+              help="The job's partition key (tenant, customer...): the queue's partition "
+                   "limits apply per key, and keys are served in turn.")
 @click.option("--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
               help="Import this pgqueue.App (ATTR defaults to 'app'): TASK must be one of its "
                    "tasks, the arguments must bind to its function, and its declared queue "
@@ -397,8 +400,8 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
 @pass_ctx
 def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
             queue: str | None, priority: int | None, delay: float | None,
-            max_attempts: int | None, unique_key: str | None, app_spec: str | None,
-            unregistered: bool) -> None:
+            max_attempts: int | None, unique_key: str | None, partition_key: str | None,
+            app_spec: str | None, unregistered: bool) -> None:
     """Enqueue a job of TASK (a registered task name) and print its id.
 
     With --app, TASK must be registered in that app (or --unregistered given) and the
@@ -407,6 +410,7 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
     tasks: any name is enqueued, to queue 'default' with priority 0 unless told.
     """
     from .app import (
+        _validate_key,
         _validate_options,
         _validate_task_name,
         _validate_unique_key,
@@ -416,7 +420,9 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
     for hint, check in (("TASK", lambda: _validate_task_name(task)),
                         ("--queue", lambda: _validate_options(queue=queue)),
                         ("--delay", lambda: _validate_when(delay, None)),
-                        ("--unique-key", lambda: _validate_unique_key(unique_key))):
+                        ("--unique-key", lambda: _validate_unique_key(unique_key)),
+                        ("--partition-key",
+                         lambda: _validate_key(partition_key, "partition_key"))):
         try:
             check()
         except PgQueueError as e:
@@ -443,7 +449,9 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
               "priority": priority if priority is not None else (
                   declared.priority if declared else 0),
               "run_at": None, "delay": delay,
-              "max_attempts": max_attempts, "unique_key": unique_key}
+              "max_attempts": max_attempts, "unique_key": unique_key,
+              "meta": None, "partition_key": partition_key, "debounce": None, "debounce_key": None,
+              "debounce_max": None}
     with obj.connect() as conn:
         (job_id,) = conn.execute(q("enqueue"), params).fetchone()
     click.echo(job_id)
@@ -645,8 +653,126 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
     if as_json:
         click.echo(_dump(rows))
     else:
+        for r in rows:
+            r["limits"] = _limits_text(r)
         _table(rows, ["queue", "ready", "waiting", "pending", "running", "completed",
-                      "discarded", "cancelled", "oldest_ready_seconds", "paused", "no_worker"])
+                      "discarded", "cancelled", "oldest_ready_seconds", "paused", "no_worker",
+                      "limits", "held_back"])
+
+
+def _rate_text(count: int | None, period: float | None) -> str | None:
+    if count is None or period is None:
+        return None
+    for unit, secs in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if period >= secs and period % secs == 0:
+            return f"{count}/{period / secs:g}{unit}"
+    return f"{count}/{period * 1000:g}ms"
+
+
+def _limits_text(r: dict[str, Any]) -> str:
+    """One queue's limits, as `pgqueue queues set` takes them ("-": none)."""
+    parts = []
+    if r.get("concurrency") is not None:
+        parts.append(f"concurrency={r['concurrency']}")
+    rate = _rate_text(r.get("rate_limit"), r.get("rate_period"))
+    if rate:
+        parts.append(f"rate={rate}")
+    if r.get("partition_concurrency") is not None:
+        parts.append(f"partition-concurrency={r['partition_concurrency']}")
+    rate = _rate_text(r.get("partition_rate_limit"), r.get("partition_rate_period"))
+    if rate:
+        parts.append(f"partition-rate={rate}")
+    return " ".join(parts) or "-"
+
+
+class _Limit(click.ParamType):
+    """A concurrency (int >= 1) or `none`."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or value == "none":
+            return "none"
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            n = 0
+        if not 1 <= n <= 2**31 - 1:
+            self.fail(f"expected an integer >= 1 or none, got {value!r}", param, ctx)
+        return n
+
+
+class _Rate(click.ParamType):
+    """A rate N/PERIOD (20/1s, 1000/1h) or `none`."""
+
+    name = "N/PERIOD|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .limits import parse_rate
+        try:
+            rate = parse_rate(value)
+        except (ValueError, PgQueueError) as e:
+            self.fail(str(e), param, ctx)
+        return "none" if rate is None else rate
+
+
+@queues.command("set")
+@click.argument("name")
+@click.option("--concurrency", type=_Limit(), default=None,
+              help="Most jobs of the queue running at once, across all workers (none: no limit).")
+@click.option("--rate", type=_Rate(), default=None,
+              help="Most jobs started per sliding window, e.g. 20/1s, 1000/1h (none: no limit).")
+@click.option("--partition-concurrency", type=_Limit(), default=None,
+              help="Most running jobs per partition key (none: no limit).")
+@click.option("--partition-rate", type=_Rate(), default=None,
+              help="Most starts per partition key per window, e.g. 5/1s (none: no limit).")
+@click.option("--reset", is_flag=True,
+              help="Clear every limit and hand the queue back to the app's declaration "
+                   "(app.queue), applied at the next worker start.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concurrency: Any,
+               partition_rate: Any, reset: bool, as_json: bool) -> None:
+    """Set limits of queue NAME at run time (workers apply them at their next claim).
+
+    Options not given keep their value; `none` clears one. An operator's setting wins
+    over the app's `app.queue(...)` declaration until --reset.
+    """
+    from .app import _validate_options
+    from .limits import QueueLimits
+    try:
+        _validate_options(queue=name)
+    except PgQueueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    if reset and any(v is not None for v in (concurrency, rate, partition_concurrency,
+                                            partition_rate)):
+        raise click.UsageError("--reset clears every limit: give no other limit with it")
+    with obj.connect() as conn, conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('pgqueue.queues set'))")
+        row = conn.execute(q("queue_limits_get"), {"queue": name}).fetchone()
+        cur = list(row[:6]) if row else [None] * 6
+
+        def pick(new: Any, old: Any) -> Any:
+            return old if new is None else (None if new == "none" else new)
+        old_rate = (cur[1], cur[2]) if cur[1] is not None else None
+        old_prate = (cur[4], cur[5]) if cur[4] is not None else None
+        limits = QueueLimits(name=name) if reset else QueueLimits(
+            name=name, concurrency=pick(concurrency, cur[0]), rate_limit=pick(rate, old_rate),
+            partition_concurrency=pick(partition_concurrency, cur[3]),
+            partition_rate_limit=pick(partition_rate, old_prate))
+        conn.execute(q("set_queue_limits"), limits.params(None if reset else "operator"))
+    out = {"queue": name, "concurrency": limits.concurrency,
+           "rate_limit": limits.rate_limit[0] if limits.rate_limit else None,
+           "rate_period": limits.rate_limit[1] if limits.rate_limit else None,
+           "partition_concurrency": limits.partition_concurrency,
+           "partition_rate_limit": (limits.partition_rate_limit[0]
+                                    if limits.partition_rate_limit else None),
+           "partition_rate_period": (limits.partition_rate_limit[1]
+                                     if limits.partition_rate_limit else None)}
+    if as_json:
+        click.echo(_dump(out))
+    else:
+        click.echo(f"queue {name}: {_limits_text(out)}")
 
 
 def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:

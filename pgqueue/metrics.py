@@ -101,7 +101,10 @@ union all
 select queue, 'pending', count(*)::bigint, null::float8
   from pgqueue.jobs where state = 'pending' group by queue
 """
-_DB_QUEUES = "select name, paused from pgqueue.queues"
+#: each queue's paused flag and its due jobs held back by its limits (flow control)
+_DB_QUEUES = ("select name, paused, case when concurrency is null and rate_limit is null "
+              "and partition_concurrency is null and partition_rate_limit is null then 0 "
+              "else pgqueue.queue_held_back(name) end from pgqueue.queues")
 _DB_WORKERS = ("select count(*) from pgqueue.workers "
                "where heartbeat_at > now() - coalesce(stale_after, "
                "make_interval(secs => %s::float8))")
@@ -129,7 +132,7 @@ class DatabaseCollector(Collector):
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
         self._jobs: list[tuple[str, str, int, float | None]] = []
-        self._queues: list[tuple[str, bool]] = []
+        self._queues: list[tuple[str, bool, int]] = []
         self._alive: int | None = None
         self._schedules: list[tuple[str, float]] = []
         self._up = 0
@@ -189,21 +192,28 @@ class DatabaseCollector(Collector):
             labels=["queue"])
         paused = GaugeMetricFamily("pgqueue_queue_paused", "1 when the queue is paused",
                                    labels=["queue"])
-        names = sorted({q for q, *_ in jobs} | {q for q, _ in queues})
+        held = GaugeMetricFamily(
+            "pgqueue_queue_held_back_jobs",
+            "Due jobs of the queue waiting on its concurrency or rate limits (flow control)",
+            labels=["queue"])
+        names = sorted({q for q, *_ in jobs} | {q for q, *_ in queues})
         counts = {(q, s): n for q, s, n, _ in jobs}
         ages: dict[str, float] = {}
         for q, _s, _n, age in jobs:
             if age is not None:
                 ages[q] = max(ages.get(q, 0.0), age)
-        is_paused = dict(queues)
+        is_paused = {q: p for q, p, _ in queues}
+        held_back = {q: h for q, _, h in queues}
         for q in names:
             for s in UNFINISHED:
                 depth.add_metric([q, s], counts.get((q, s), 0))
             oldest.add_metric([q], max(0.0, ages.get(q, 0.0)))
             paused.add_metric([q], 1 if is_paused.get(q) else 0)
+            held.add_metric([q], held_back.get(q, 0))
         yield depth
         yield oldest
         yield paused
+        yield held
         lag = GaugeMetricFamily(
             "pgqueue_schedule_overdue_seconds",
             "Seconds the schedule's next slot is overdue (0: on time or paused)",

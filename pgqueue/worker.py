@@ -61,6 +61,7 @@ from .app import MAX_DELAY, App, Task
 from .context import JobContext
 from .errors import Cancelled, ConfigurationError, Discard, RetryLater, SchemaError
 from .hooks import EMPTY_META
+from .limits import apply_queue_declarations, task_concurrency
 from .observe import Observer
 
 __all__ = ["Worker"]
@@ -418,6 +419,7 @@ class Worker:
         self._tasks_names: list[str] = []
         self._tasks_max_attempts: list[int] = []
         self._tasks_timeouts: list[float | None] = []
+        self._tasks_concurrency: list[int | None] | None = None   # None: no task declares one
         self._exec_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._complete_q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self._completer_idle = threading.Event()
@@ -479,6 +481,7 @@ class Worker:
         # left them null (DESIGN 5.2); the retry policy travels with each failure.
         self._tasks_max_attempts = [self.app.tasks[n].max_attempts for n in self._tasks_names]
         self._tasks_timeouts = [self.app.tasks[n].timeout for n in self._tasks_names]
+        self._tasks_concurrency = task_concurrency(self.app, self._tasks_names)
         if not self._tasks_names:
             raise ConfigurationError("the app has no tasks registered; check --app")
         self._wait_for_schema()
@@ -487,6 +490,7 @@ class Worker:
         self._start_observer()
         try:
             self._heartbeat_once()
+            apply_queue_declarations(self.app, lambda: self._connect("limits"))
             self._start_scheduler()
         except BaseException:
             self._stop_observer()
@@ -681,7 +685,8 @@ class Worker:
     def _next_wait(self) -> float:
         try:
             due = self._claim.run(lambda c: c.execute(
-                q("next_due"), {"queues": self.queues, "tasks": self._tasks_names},
+                q("next_due"), {"queues": self.queues, "tasks": self._tasks_names,
+                                "task_concurrency": self._tasks_concurrency},
                 prepare=self.listen).fetchone()[0])
         except Exception:
             return 1.0
@@ -708,6 +713,7 @@ class Worker:
                                              "tasks": self._tasks_names, "batch": n,
                                              "task_max_attempts": self._tasks_max_attempts,
                                              "task_timeouts": self._tasks_timeouts,
+                                             "task_concurrency": self._tasks_concurrency,
                                              **positions}, prepare=self.listen).fetchall()
         t0 = time.perf_counter()
         try:

@@ -10,21 +10,26 @@ select pgqueue.enqueue(task => %(task)s, args => %(args)s::jsonb, kwargs => %(kw
                        run_at => %(run_at)s::timestamptz,
                        delay => make_interval(secs => %(delay)s::float8),
                        max_attempts => %(max_attempts)s, unique_key => %(unique_key)s,
-                       meta => %(meta)s::jsonb);
+                       meta => %(meta)s::jsonb,
+                       partition_key => %(partition_key)s,
+                       debounce => make_interval(secs => %(debounce)s::float8),
+                       debounce_key => %(debounce_key)s,
+                       debounce_max => make_interval(secs => %(debounce_max)s::float8));
 
 -- name: copy_jobs
-copy pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, state, meta) from stdin;
+copy pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, partition_key, state, meta) from stdin;
 
 -- name: bulk_stage_create
 create temporary table if not exists pgqueue_bulk_stage (
     task text, args jsonb, kwargs jsonb, queue text, priority integer,
     delay double precision, run_at timestamptz, max_attempts integer, unique_key text,
-    meta jsonb
+    meta jsonb,
+    partition_key text
 ) on commit delete rows;
 
 -- name: bulk_stage_copy
 copy pg_temp.pgqueue_bulk_stage (task, args, kwargs, queue, priority, delay, run_at,
-                                 max_attempts, unique_key, meta) from stdin;
+                                 max_attempts, unique_key, meta, partition_key) from stdin;
 
 -- name: bulk_stage_insert
 -- Delays count from this statement (one clock reading for every row), not from the
@@ -36,8 +41,8 @@ with clock as (
       from pg_temp.pgqueue_bulk_stage s cross join clock c
 ), ins as (
     insert into pgqueue.jobs (task, args, kwargs, queue, priority, run_at, max_attempts,
-                              unique_key, state, meta)
-    select task, args, kwargs, queue, priority, due, max_attempts, unique_key,
+                              unique_key, partition_key, state, meta)
+    select task, args, kwargs, queue, priority, due, max_attempts, unique_key, partition_key,
            case when due > at then 'scheduled' else 'available' end, coalesce(meta, '{}')
       from staged
     on conflict (unique_key) where unique_key is not null
@@ -90,10 +95,11 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
                      %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[],
-                     %(task_max_attempts)s::integer[], %(task_timeouts)s::float8[]);
+                     %(task_max_attempts)s::integer[], %(task_timeouts)s::float8[],
+                     %(task_concurrency)s::integer[]);
 
 -- name: next_due
-select pgqueue.next_due(%(queues)s, %(tasks)s);
+select pgqueue.next_due(%(queues)s, %(tasks)s, %(task_concurrency)s::integer[]);
 
 -- name: complete
 select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb[]);
@@ -169,6 +175,10 @@ select extract(epoch from now() - t.since)::float8, t.pid, t.usename, t.applicat
 -- name: queue_stats
 select s.queue, s.pending, s.ready, s.waiting, s.running, s.completed, s.discarded,
        s.cancelled, s.oldest_ready_seconds, s.paused,
+       s.concurrency, s.rate_limit, extract(epoch from s.rate_period)::float8 as rate_period,
+       s.partition_concurrency, s.partition_rate_limit,
+       extract(epoch from s.partition_rate_period)::float8 as partition_rate_period,
+       s.held_back, s.rate_limited,
        (select count(*) from pgqueue.jobs j
          where j.queue = s.queue
            and j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
@@ -243,12 +253,14 @@ having min(j.run_at) < now() - make_interval(secs => %(limit)s::float8)
 
 -- name: check_oldest
 -- Per active (not paused) queue: seconds since its oldest due, unclaimed job became due.
+-- A queue whose jobs wait on its own rate limit is left out (it is meant to wait).
 select j.queue, extract(epoch from now() - min(j.run_at))::float8 as age
   from pgqueue.jobs j
  where j.state in ('available', 'scheduled', 'retryable') and j.run_at <= now()
    and (%(queues)s::text[] is null or j.queue = any(%(queues)s::text[]))
    and not exists (select 1 from pgqueue.queues q where q.name = j.queue and q.paused)
  group by j.queue
+having not pgqueue.queue_rate_limited(j.queue)
  order by age desc;
 
 -- name: schedules_due
@@ -337,3 +349,19 @@ select d.depends_on, j.meta
   join pgqueue.jobs j on j.id = d.depends_on
  where d.job_id = %(id)s
  order by d.position nulls last, d.depends_on;
+
+-- name: set_queue_limits
+-- Every limit of a queue at once (null: none); set_by 'app' never overrides 'operator'.
+select pgqueue.set_queue_limits(
+    queue => %(queue)s, concurrency => %(concurrency)s,
+    rate_limit => %(rate_limit)s, rate_period => make_interval(secs => %(rate_period)s::float8),
+    partition_concurrency => %(partition_concurrency)s,
+    partition_rate_limit => %(partition_rate_limit)s,
+    partition_rate_period => make_interval(secs => %(partition_rate_period)s::float8),
+    set_by => %(set_by)s);
+
+-- name: queue_limits_get
+select concurrency, rate_limit, extract(epoch from rate_period)::float8,
+       partition_concurrency, partition_rate_limit,
+       extract(epoch from partition_rate_period)::float8, limits_set_by
+  from pgqueue.queues where name = %(queue)s;

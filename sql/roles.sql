@@ -27,15 +27,15 @@ revoke all on all sequences in schema pgqueue from {producer};
 revoke all on all functions in schema pgqueue from {producer};
 grant usage on schema pgqueue to {producer};
 grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.open_batch,
-    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.step_result, pgqueue.check_meta
-    to {producer};
+    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.step_result, pgqueue.check_meta,
+    pgqueue.queue_held_back, pgqueue.queue_rate_limited to {producer};
 grant insert (task, args, kwargs, queue, priority, run_at, max_attempts, unique_key, state,
-    meta)
+    meta, partition_key, debounce_key)
     on pgqueue.jobs to {producer};
 grant select on pgqueue.jobs, pgqueue.workflows, pgqueue.job_dependencies, pgqueue.workers,
     pgqueue.queues, pgqueue.migrations, pgqueue.queue_stats, pgqueue.failed_jobs,
     pgqueue.running_jobs, pgqueue.throughput, pgqueue.workflow_steps,
-    pgqueue.batches to {producer};
+    pgqueue.batches, pgqueue.job_starts to {producer};
 
 -- role: worker
 -- Every path of `pgqueue worker`: register and heartbeat, claim, complete, fail, hand
@@ -51,11 +51,23 @@ grant execute on function pgqueue.enqueue, pgqueue.enqueue_workflow, pgqueue.cla
     pgqueue.backoff, pgqueue.hand_back, pgqueue.heartbeat, pgqueue.rescue,
     pgqueue.release_unknown, pgqueue.job_inputs, pgqueue.prune, pgqueue.fire_schedule,
     pgqueue.schedule_job, pgqueue.step_result, pgqueue.replace_step, pgqueue.open_batch,
-    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.check_meta to {worker};
+    pgqueue.add_to_batch, pgqueue.seal_batch, pgqueue.check_meta, pgqueue.claim_limited,
+    pgqueue.flow_candidates, pgqueue.queue_held_back, pgqueue.queue_rate_limited,
+    pgqueue.set_queue_limits to {worker};
 grant select, insert, update, delete on pgqueue.jobs, pgqueue.workers to {worker};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {worker};
 grant select, insert, update on pgqueue.schedules to {worker};
-grant select on pgqueue.queues, pgqueue.migrations, pgqueue.queue_stats,
+-- The app's queue declarations (app.queue) are written at worker start (limit columns
+-- only, never paused), a claim of a limited queue locks its row (select ... for update
+-- needs an update privilege) and moves its partition cursor; starts are recorded for
+-- rate limits.
+grant select, insert (name, concurrency, rate_limit, rate_period, partition_concurrency,
+        partition_rate_limit, partition_rate_period, limits_set_by),
+    update (concurrency, rate_limit, rate_period, partition_concurrency, partition_rate_limit,
+        partition_rate_period, limits_set_by, partition_cursor, updated_at)
+    on pgqueue.queues to {worker};
+grant select, insert, delete on pgqueue.job_starts to {worker};
+grant select on pgqueue.migrations, pgqueue.queue_stats,
     pgqueue.failed_jobs, pgqueue.running_jobs, pgqueue.throughput,
     pgqueue.workflow_steps, pgqueue.batches to {worker};
 
@@ -71,10 +83,11 @@ grant usage on schema pgqueue to {operator};
 grant execute on function pgqueue.enqueue, pgqueue.cancel, pgqueue.cancel_workflow,
     pgqueue.retry, pgqueue.retry_discarded, pgqueue.prune, pgqueue.pause_schedule,
     pgqueue.trigger_schedule, pgqueue.add_schedule, pgqueue.schedule_job,
-    pgqueue.step_result, pgqueue.seal_batch, pgqueue.check_meta to {operator};
+    pgqueue.step_result, pgqueue.seal_batch, pgqueue.check_meta, pgqueue.set_queue_limits,
+    pgqueue.queue_held_back, pgqueue.queue_rate_limited to {operator};
 grant select, insert, update, delete on pgqueue.jobs to {operator};
 grant select, update, delete on pgqueue.workflows, pgqueue.job_dependencies to {operator};
 grant select, insert, update on pgqueue.queues, pgqueue.schedules to {operator};
 grant select on pgqueue.workers, pgqueue.migrations, pgqueue.queue_stats,
     pgqueue.failed_jobs, pgqueue.running_jobs, pgqueue.throughput,
-    pgqueue.workflow_steps, pgqueue.batches to {operator};
+    pgqueue.workflow_steps, pgqueue.batches, pgqueue.job_starts to {operator};

@@ -77,7 +77,7 @@ def test_b23_worker_statements_read_past_dead_entries_kept_by_an_old_snapshot(ds
             got, n = _read(c, "jobs_claim_idx", q("claim"),
                            {"worker_id": wid, "queues": ["pos"], "tasks": None,
                             "batch": batch, "task_max_attempts": None,
-                            "task_timeouts": None, **params})
+                            "task_timeouts": None, "task_concurrency": None, **params})
             if use_positions:
                 positions.taken(got, batch)
             return got, n
@@ -138,7 +138,7 @@ def test_positions_never_skip_a_higher_priority_or_an_announced_earlier_job(dsn,
         def claim(batch: int) -> list:
             got = c.execute(q("claim"), {"worker_id": wid, "queues": ["pos"], "tasks": None,
                                          "batch": batch, "task_max_attempts": None,
-                                         "task_timeouts": None,
+                                         "task_timeouts": None, "task_concurrency": None,
                                          **positions.params()}).fetchall()
             positions.taken(got, batch)
             return [r[0] for r in got]
