@@ -27,9 +27,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import serialization
-from ._sql import q
-from .schedule import PeriodicTask, Schedule, ScheduleError, due_slots
+from .. import serialization
+from .._sql import q
+from ..schedule import PeriodicTask, Schedule, ScheduleError, due_slots
 
 log = logging.getLogger("pgqueue.scheduler")
 
