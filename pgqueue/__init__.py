@@ -2,6 +2,20 @@
 
 Jobs live in ``pgqueue.jobs``; enqueue them in your own transaction, run them with
 ``pgqueue worker``, read their state with SQL. See README.md.
+
+The modules stack in layers, bottom to top; a module imports only from its own layer
+or below (imports for annotations alone excepted), and no imports form a circle
+(``tests/test_layers.py`` checks both):
+
+1. ``sql/`` (schema, migrations, named queries) and the modules that need nothing else
+   of pgqueue: ``_sql``, ``serialization``, ``errors``, ``retry``, ``migrate``,
+   ``_positions``, ``embedded``;
+2. enqueue and job handles: ``_options`` (checks of enqueue options),
+   ``_connections`` (enqueue on any connection), ``job``, ``context``;
+3. the app and what it declares: ``schedule``, ``workflow``, ``app``;
+4. what watches a worker: ``observe`` (logs, error hooks), ``metrics``;
+5. the worker, one module per component: ``worker/``;
+6. on top: this package, ``cli``, ``bench``, ``testing``, ``contrib/``.
 """
 
 from .app import App, Args, Task, TaskCall

@@ -17,10 +17,20 @@ from typing import Any, TypeVar
 import psycopg
 
 from . import migrate, serialization
+from ._options import (  # noqa: F401 - also imported from here by the CLI
+    MAX_RUN_AT,
+    MAX_UNIQUE_KEY_BYTES,
+    MIN_RUN_AT,
+    _validate_options,
+    _validate_task_name,
+    _validate_unique_key,
+    _validate_when,
+    check_call_args,
+)
 from ._sql import q
-from .errors import EnqueueError, SchemaError, UnknownTaskError
+from .errors import SchemaError, UnknownTaskError
 from .job import Job
-from .retry import MAX_DELAY, NO_RETRY, RetryPolicy
+from .retry import MAX_DELAY, NO_RETRY, RetryPolicy  # noqa: F401 - MAX_DELAY: importable here too
 
 __all__ = ["App", "Task", "TaskCall"]
 
@@ -33,12 +43,6 @@ LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVIC
              "PGSERVICEFILE")
 
 DEFAULT_MAX_ATTEMPTS = 20
-#: longest unique_key in UTF-8 bytes (a btree index entry must fit a third of a page)
-MAX_UNIQUE_KEY_BYTES = 1000
-#: run_at range (constraint jobs_run_at_in_range): a day inside years 1 to 9999 at each
-#: end, so the time reads back as a datetime in every time zone
-MIN_RUN_AT = dt.datetime(1, 1, 2, tzinfo=dt.timezone.utc)
-MAX_RUN_AT = dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -375,21 +379,6 @@ def unknown_task_message(app: App, name: str, opt_out: str, where: str = "this a
         known = "it registers no task: does the module import the ones that define them?"
     return (f"no task named {name!r} is registered in {where} ({known}); check the name, "
             f"or {opt_out}")
-
-
-def check_call_args(args: Any, kwargs: Any, example: str) -> None:
-    """Refuse ``args``/``kwargs`` that would be taken apart or cannot be keywords: a str
-    as args would become one argument per character, a dict one per key.
-
-    :raises TypeError: saying what was wrong, with ``example`` of the right call.
-    """
-    if isinstance(args, (str, bytes, bytearray, dict, set, frozenset)) or \
-            not isinstance(args, Iterable):
-        raise TypeError(f"args must be a list or tuple of positional arguments, not "
-                        f"{type(args).__name__}: wrap a single argument, {example}")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise TypeError(f"kwargs must be a dict of keyword arguments, not "
-                        f"{type(kwargs).__name__}")
 
 
 class Task:
@@ -746,79 +735,5 @@ def _bulk_rows(task: Task, items: Iterable[Any], o: dict[str, Any],
         else:
             yield (name, args, kwargs, o["queue"], o["priority"], o["delay"], o["run_at"],
                    o["max_attempts"], o["unique_key"])
-
-
-def _validate_options(*, queue: Any = None, priority: Any = None,
-                      max_attempts: Any = None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if queue is not None:
-        if (not isinstance(queue, str) or not queue or len(queue) > 128 or "\x00" in queue
-                or not serialization._utf8_ok(queue)):
-            raise EnqueueError(f"queue must be a non-empty string of at most 128 characters, "
-                               f"valid UTF-8 without NUL, got {queue!r}")
-        out["queue"] = queue
-    if priority is not None:
-        if type(priority) is not int or not -32768 <= priority <= 32767:
-            raise EnqueueError(f"priority must be an int in -32768..32767 (higher runs first), "
-                               f"got {priority!r}")
-        out["priority"] = priority
-    if max_attempts is not None:
-        if type(max_attempts) is not int or max_attempts < 1 or max_attempts > 2**31 - 1:
-            raise EnqueueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        out["max_attempts"] = max_attempts
-    return out
-
-
-def _validate_unique_key(key: Any) -> str | None:
-    if key is None:
-        return None
-    if (not isinstance(key, str) or not key or "\x00" in key or not serialization._utf8_ok(key)
-            or len(key.encode("utf-8")) > MAX_UNIQUE_KEY_BYTES):
-        raise EnqueueError(f"unique_key must be a non-empty string of valid UTF-8 without NUL, "
-                           f"at most {MAX_UNIQUE_KEY_BYTES} bytes (hash a longer key), "
-                           f"got {key[:80] if isinstance(key, str) else key!r}")
-    return key
-
-
-def _validate_task_name(name: Any) -> str:
-    if (not isinstance(name, str) or not name or len(name) > 512 or "\x00" in name
-            or not serialization._utf8_ok(name)):
-        raise EnqueueError(f"a task name must be a non-empty string of at most 512 characters, "
-                           f"valid UTF-8 without NUL, got {name[:80] if isinstance(name, str) else name!r}")
-    return name
-
-
-def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime | None]:
-    if delay is not None and run_at is not None:
-        raise EnqueueError("give delay or run_at, not both")
-    if delay is not None:
-        if isinstance(delay, dt.timedelta):
-            delay = delay.total_seconds()
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay != delay:
-            raise EnqueueError(f"delay must be seconds (a number) or a timedelta, got {delay!r}")
-        if delay < 0:
-            raise EnqueueError(f"delay must be >= 0 seconds, got {delay}; "
-                               "use run_at for an absolute time")
-        if delay > MAX_DELAY:
-            raise EnqueueError(f"delay must be at most {MAX_DELAY:.0f} seconds (100 years), "
-                               f"got {delay}; use run_at for an absolute time")
-        return float(delay), None
-    if run_at is not None:
-        if not isinstance(run_at, dt.datetime):
-            raise EnqueueError(f"run_at must be an aware datetime, got {run_at!r}")
-        if run_at.tzinfo is None or run_at.tzinfo.utcoffset(run_at) is None:
-            raise EnqueueError(f"run_at {run_at.isoformat()} is a naive datetime; "
-                               "attach a timezone, e.g. datetime.now(timezone.utc) + ...")
-        try:
-            utc = run_at.astimezone(dt.timezone.utc)
-        except OverflowError:
-            utc = None
-        if utc is None or not (MIN_RUN_AT <= utc < MAX_RUN_AT):
-            raise EnqueueError(f"run_at {run_at.isoformat()} is outside the range a job can be "
-                               "scheduled in (0001-01-02 to "
-                               "9999-12-31 UTC); for \"as soon as possible\" "
-                               "give neither run_at nor delay")
-        return None, run_at
-    return None, None
 
 

@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from .. import serialization
-from ..app import MAX_DELAY
+from ..retry import MAX_DELAY
 from ..errors import Cancelled, Discard, RetryLater
 from .running import RunningJobs, _Running
 
