@@ -173,7 +173,8 @@ class App:
              max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
              retry: RetryPolicy | bool | None = None, transactional: bool = False,
              pass_context: bool = False,
-             on_error: Callable[[Any], Any] | None = None) -> Any:
+             on_error: Callable[[Any], Any] | None = None,
+             executor: str | None = None) -> Any:
         """Register a function (``def`` or ``async def``) as a task.
 
         :param name: stored task name; default ``module.qualname`` of the function.
@@ -195,12 +196,19 @@ class App:
         :param on_error: called with an :class:`~pgqueue.ErrorContext` after each failed
             attempt of this task is recorded, before the app's :meth:`on_error` hooks; see
             there.
-        :raises ValueError: if the name is already registered to another function.
+        :param executor: where a ``def`` task runs: ``"thread"`` (a thread of the worker),
+            ``"process"`` (a child process of the worker: a timeout kills it, and a task
+            holding the GIL cannot delay heartbeats; the app's module must be importable
+            by the child, see the README) or ``None`` (default: the worker's
+            ``executor``). ``async def`` tasks always run on the worker's event loop.
+        :raises ValueError: if the name is already registered to another function, or
+            ``executor`` is not one of these.
         """
         def deco(f: Callable[..., Any]) -> Task:
             t = Task(self, f, name=name, queue=queue, priority=priority,
                      max_attempts=max_attempts, timeout=timeout, retry=retry,
-                     transactional=transactional, pass_context=pass_context or transactional)
+                     transactional=transactional, pass_context=pass_context or transactional,
+                     executor=executor)
             t.on_error = on_error
             existing = self.tasks.get(t.name)
             if existing is not None and existing.fn is not f:
@@ -391,7 +399,9 @@ class Task:
                  queue: str = "default", priority: int = 0,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None,
                  retry: RetryPolicy | bool | None = None, transactional: bool = False,
-                 pass_context: bool = False):
+                 pass_context: bool = False, executor: str | None = None):
+        if executor not in (None, "thread", "process"):
+            raise ValueError(f"executor must be 'thread', 'process' or None, got {executor!r}")
         if name is None:
             if fn is None:
                 raise ValueError("a task needs a name or a function")
@@ -409,6 +419,8 @@ class Task:
         self.timeout = timeout
         self.transactional = transactional
         self.pass_context = pass_context
+        #: "thread", "process", or None (the worker's default for sync tasks)
+        self.executor = executor
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self.defaults = _validate_options(queue=queue, priority=priority, max_attempts=max_attempts)

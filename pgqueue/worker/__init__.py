@@ -67,6 +67,7 @@ from .connections import (  # noqa: F401
     _Conn,
 )
 from .executors.asyncio import AsyncioExecutor
+from .executors.processes import ProcessExecutor, app_module_spec
 from .executors.threads import ThreadExecutor
 from .heartbeat import Heartbeat
 from .listener import Listener, notified
@@ -126,6 +127,17 @@ class Worker:
     :param scheduler: fire periodic jobs from this worker (default True). Every worker
         writes its app's schedule declarations at start either way; any one live
         worker with a scheduler fires each slot once.
+    :param executor: where ``def`` tasks without their own ``executor=`` run:
+        ``"thread"`` (default) or ``"process"`` (a pool of ``concurrency`` child
+        processes; see :mod:`pgqueue.worker.executors.processes`).
+    :param app_spec: ``module[:attr]`` the process executor's children import the app
+        from (``pgqueue worker`` passes its ``--app``); default: the module of the
+        process tasks' functions that holds the app, which must be importable by name
+        (not ``__main__``).
+    :param max_tasks_per_child: jobs a child process runs before it is replaced
+        (default ``None``: no limit).
+    :param max_memory_per_child: MiB of resident memory, checked after each job, above
+        which a child process is replaced (default ``None``: no limit).
     :param xmin_warn_after: warn when the oldest open transaction in the database is
         older than this many seconds (default 60.0): it holds back vacuum, so the dead
         rows of finished jobs pile up and claiming slows down. The last finding is in
@@ -141,7 +153,9 @@ class Worker:
                  metrics_host: str = "127.0.0.1", metrics_registry: Any = None,
                  metrics_interval: float = 15.0, prune_after: float | None = 7 * 86400.0,
                  maintenance_interval: float = 60.0, xmin_warn_after: float = 60.0,
-                 scheduler: bool = True):
+                 scheduler: bool = True, executor: str = "thread", app_spec: str | None = None,
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: float | None = None):
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
         if heartbeat_interval * 3 > stale_after + 1e-9:
@@ -156,6 +170,8 @@ class Worker:
             raise ConfigurationError("maintenance_interval must be > 0 seconds")
         if prune_after is not None and prune_after < 0:
             raise ConfigurationError("prune_after must be >= 0 seconds or None")
+        if executor not in ("thread", "process"):
+            raise ConfigurationError(f"executor must be 'thread' or 'process', got {executor!r}")
         self.app = app
         self.id = uuid.uuid4()
         self.queues = list(queues) if queues else None
@@ -183,6 +199,10 @@ class Worker:
         self.xmin_warn_after = xmin_warn_after
         #: run the scheduler component (fires periodic jobs; see pgqueue.schedule)
         self.scheduler = scheduler
+        self.executor = executor
+        self.app_spec = app_spec
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
         #: the :class:`pgqueue.metrics.WorkerMetrics` while running with metrics, else None
         self.metrics: Any = None
         self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0, "pruned": 0,
@@ -277,14 +297,19 @@ class Worker:
         self._start_observer()
         claimer = self._build()
         try:
+            if self.processes is not None:   # fails fast when children cannot import the app
+                self.processes.start()
             self._heartbeat.beat()  # type: ignore[union-attr]
             self._start_scheduler()
         except BaseException:
+            if self.processes is not None:
+                self.processes.stop()
             self._stop_observer()
             self._restore_signal_handlers()
             raise
         for c in self._components:
-            c.start()
+            if c is not self.processes:
+                c.start()
         log.info("worker %s (%s) started: queues=%s concurrency=%d tasks=%s",
                  self.name, self.id, self.queues or "all", self.concurrency,
                  ", ".join(self._tasks_names[:20])
@@ -308,23 +333,35 @@ class Worker:
         tasks = [app.tasks[n] for n in self._tasks_names]
         running, wake, done = self._running, self._wake, self._done
         outcomes = Outcomes(running, self._completions, self.stats, obs)
-        threads = asyncio_ex = None
-        if any(not t.is_async for t in tasks):
+        in_process = {t.name for t in tasks if not t.is_async
+                      and (t.executor or self.executor) == "process"}
+        threads = asyncio_ex = procs = None
+        if any(not t.is_async and t.name not in in_process for t in tasks):
             threads = ThreadExecutor(app, self.id, self.concurrency, running, outcomes, wake)
         if any(t.is_async for t in tasks):
             asyncio_ex = AsyncioExecutor(app, self.id, running, outcomes, wake)
+        if in_process:
+            procs = ProcessExecutor(
+                self.app_spec or app_module_spec(app, [app.tasks[n] for n in in_process]),
+                app.conninfo, self.id, self.concurrency, running, outcomes, wake,
+                max_tasks_per_child=self.max_tasks_per_child,
+                max_memory_per_child=self.max_memory_per_child)
+        # the executor of each task; a name not registered here fails on any sync one
+        chosen = {t.name: asyncio_ex if t.is_async else procs if t.name in in_process
+                  else threads for t in tasks}
+        fallback = threads or procs
 
         def prepare(r: _Running) -> None:
-            if asyncio_ex is not None and r.task is not None and r.task.is_async:
-                asyncio_ex.prepare(r)
+            ex = chosen.get(r.name, fallback)
+            if ex is not threads:
+                ex.prepare(r)  # type: ignore[union-attr]
 
         def dispatch(r: _Running) -> None:
-            if r.own_timeout and asyncio_ex is not None:
-                asyncio_ex.submit(r)
-            else:
-                threads.submit(r)  # type: ignore[union-attr]
+            chosen.get(r.name, fallback).submit(r)  # type: ignore[union-attr]
 
-        self._executors = [e for e in (asyncio_ex, threads) if e is not None]
+        self._executors = [e for e in (asyncio_ex, threads, procs) if e is not None]
+        #: the process executor, when any task runs in processes (else None)
+        self.processes = procs
         completer = Completer(self._complete, self._completions, worker_id=self.id,
                               running=running, wake=wake, stats=self.stats, observer=obs,
                               prepare=self.listen, done=done)

@@ -139,6 +139,21 @@ def call_args(r: _Running) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
+def classify(r: _Running, e: BaseException) -> tuple[dict[str, Any], bool, float | None]:
+    """``(error entry, discard, retry delay)`` for the attempt ``r`` that raised ``e``."""
+    if isinstance(e, _Unstorable):
+        return _error_dict(e.exc), True, None
+    err = _error_dict(e)
+    if isinstance(e, RetryLater):
+        return err, False, _retry_delay(e.delay)
+    if isinstance(e, Discard):
+        return err, True, None
+    retry = r.task.retry.retry if r.task is not None else True
+    if not isinstance(e, Exception) and not isinstance(e, Cancelled):
+        log.error("job %s raised %s", r.id, type(e).__name__)
+    return err, not retry, None
+
+
 class Outcomes:
     """Where executors report how each attempt ended.
 
@@ -195,21 +210,9 @@ class Outcomes:
         if r.timed_out:
             self.failure(r, _timeout_error(r))
             return
-        if isinstance(e, _Unstorable):
-            r.exc = e.exc
-            self.failure(r, _error_dict(e.exc), discard=True)
-            return
-        err = _error_dict(e)
-        r.exc = e
-        if isinstance(e, RetryLater):
-            self.failure(r, err, retry_delay=_retry_delay(e.delay))
-        elif isinstance(e, Discard):
-            self.failure(r, err, discard=True)
-        else:
-            retry = r.task.retry.retry if r.task is not None else True
-            if not isinstance(e, Exception) and not isinstance(e, Cancelled):
-                log.error("job %s raised %s", r.id, type(e).__name__)
-            self.failure(r, err, discard=not retry)
+        r.exc = e.exc if isinstance(e, _Unstorable) else e
+        err, discard, delay = classify(r, e)
+        self.failure(r, err, discard=discard, retry_delay=delay)
 
     def failure(self, r: _Running, err: dict[str, Any], *, discard: bool = False,
                 retry_delay: float | None = None) -> None:
