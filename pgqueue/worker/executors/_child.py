@@ -4,10 +4,11 @@ A child is started by the fork server (or spawned) and never forked from the wor
 itself. It imports the app by its module spec (``module[:attr]``), so the worker's
 objects never cross the process boundary; a job arrives as its id, attempt, task name
 and the JSON text of its arguments, and leaves as the JSON text of its result or an
-error entry. A second thread reads the pipe, so a cancellation request reaches the
-running task's ``ctx.cancelled`` while it runs. The child dies with the worker: it
+error entry. The child dies with the worker: it
 exits when its pipe closes, and on Linux it also asks the kernel for SIGKILL when
-its parent (the fork server, which exits with the worker) goes away.
+its parent (the fork server, which exits with the worker) goes away. A cancellation
+request arrives as the job's id in a shared integer, which a thread of the child
+checks every ``CANCEL_POLL`` seconds while a job runs.
 
 SQL: for a transactional task, the task's own transaction on a connection of its own,
 ending with ``complete_one`` (``job_owner`` when fenced).
@@ -18,10 +19,10 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
-import queue as queue_mod
 import signal
 import sys
 import threading
+import time
 import traceback
 import uuid
 from typing import Any
@@ -34,6 +35,10 @@ from ...app import App
 from ...context import JobContext
 from ..outcomes import _Abandoned, _error_dict, _result_payload, call_args, classify
 from ..running import _Running
+
+
+#: seconds between two looks at the worker's cancellation request while a job runs
+CANCEL_POLL = 0.05
 
 
 def load_app(spec: str) -> App:
@@ -80,9 +85,11 @@ def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(conn: Any, app_spec: str, conninfo: str) -> None:
+def main(conn: Any, app_spec: str, conninfo: str, cancel_id: Any) -> None:
     """The child's life: report ``("ready", pid)`` (or ``("broken", text)``), then run
-    each ``("job", fields)`` and answer ``("done", job_id, outcome, rss_mib)``."""
+    each ``("job", fields)`` and answer ``("done", job_id, outcome, rss_mib)``; exit on
+    ``("exit",)`` or when the pipe closes. ``cancel_id`` (a shared integer) holds the id
+    of a job the worker asks to stop."""
     _die_with_parent()
     # The worker decides when children stop: a terminal's SIGINT goes to the whole
     # process group, and must not kill a job the worker is handing back.
@@ -95,27 +102,23 @@ def main(conn: Any, app_spec: str, conninfo: str) -> None:
         conn.send(("broken", traceback.format_exc()))
         return
     conn.send(("ready", os.getpid()))
-    jobs: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
     current: list[JobContext | None] = [None]
 
-    def read() -> None:
+    def watch_cancel() -> None:
         while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)          # the worker is gone: so is this job
-            if msg[0] == "cancel":
-                ctx = current[0]
-                if ctx is not None and ctx.job_id == msg[1]:
-                    ctx._cancel.set()
-            else:
-                jobs.put(msg)
+            time.sleep(CANCEL_POLL)
+            ctx = current[0]
+            if ctx is not None and cancel_id.value == ctx.job_id:
+                ctx._cancel.set()
 
-    threading.Thread(target=read, name="pgqueue-child-reader", daemon=True).start()
+    threading.Thread(target=watch_cancel, name="pgqueue-child-cancel", daemon=True).start()
     while True:
-        msg = jobs.get()
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return                   # the worker is gone
         if msg[0] != "job":
-            os._exit(0)
+            return
         job = msg[1]
         outcome = run(app, job, current, conninfo)
         conn.send(("done", job["id"], outcome, rss_mib()))

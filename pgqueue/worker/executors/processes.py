@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import queue as queue_mod
+import os
+from collections import deque
+import selectors
 import signal
 import threading
 import time
@@ -51,12 +53,19 @@ class ChildFailed(Exception):
 
 
 class _Child:
-    def __init__(self, proc: Any, conn: Any, pid: int):
+    """One child process, and the job it runs (supervisor's state)."""
+
+    def __init__(self, proc: Any, conn: Any, cancel_id: Any):
         self.proc = proc
         self.conn = conn
-        self.pid = pid
+        self.cancel_id = cancel_id
+        self.pid = proc.pid
+        self.ready = False
         self.jobs = 0
         self.rss = 0.0
+        self.job: _Running | None = None
+        self.deadline: float | None = None
+        self.kill_at: float | None = None
 
     def kill(self) -> None:
         try:
@@ -65,18 +74,6 @@ class _Child:
             pass
         self.proc.join(5)
         self.conn.close()
-
-    def retire(self) -> None:
-        """Ask the child to exit between jobs; kill it if it does not within 5 s."""
-        try:
-            self.conn.send(("exit",))
-        except OSError:
-            pass
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.kill()
-        else:
-            self.conn.close()
 
     def how_it_died(self) -> str:
         self.proc.join(1)
@@ -112,12 +109,18 @@ def app_module_spec(app: Any, tasks: list[Any]) -> str:
         "define the app and its tasks in a module, or pass app_spec='module:attr'")
 
 
+def _cancelled(r: _Running) -> bool:
+    # without making the context's Event (most jobs never need one)
+    ev = r.ctx._cancel_event
+    return ev is not None and ev.is_set()
+
+
 def start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class ProcessExecutor:
-    """Runs sync attempts in ``size`` child processes.
+    """Runs sync attempts in ``size`` child processes, supervised by one thread.
 
     :param app_spec: ``module[:attr]`` the children import the app from.
     :param conninfo: the connection string children use (transactional tasks).
@@ -149,200 +152,291 @@ class ProcessExecutor:
         self.max_memory_per_child = max_memory_per_child
         self.cancel_grace = CANCEL_GRACE if cancel_grace is None else cancel_grace
         self._mp = multiprocessing.get_context(start_method())
-        self._q: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._children: dict[int, _Child] = {}   # slot -> its child now
-        self._busy: set[int] = set()             # slots running a job
+        self._lock = threading.Lock()
+        self._children: list[_Child] = []      # every live child (starting, idle, busy)
+        self._idle: list[_Child] = []
+        self._pending: deque[_Running] = deque()   # jobs waiting for an idle child
+        self._retired: list[tuple[_Child, float]] = []   # asked to exit, at
+        self._poke_r, self._poke_w = os.pipe()
+        os.set_blocking(self._poke_w, False)
+        # children's pipes, registered once each (the supervisor's only wait)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._poke_r, selectors.EVENT_READ, None)
         self._stopping = False
+        self._freed_slots = 0
+        self._thread: threading.Thread | None = None
         #: pids of every child started (for tests and the bench)
         self.pids: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start every child, then the slots.
+        """Start every child and wait until each imported the app, then supervise.
 
         :raises ConfigurationError: a child could not import the app.
         """
         if self._mp.get_start_method() == "forkserver":
             self._mp.set_forkserver_preload([_child.__name__,
                                              self.app_spec.partition(":")[0]])
-        started = [self._launch() for _ in range(self.size)]
+        children = [self._launch() for _ in range(self.size)]
         try:
-            children = [self._ready(*s) for s in started]
-        except ChildFailed as e:
-            for proc, conn in started:
-                proc.kill()
-                conn.close()
+            for c in children:
+                if not c.conn.poll(START_TIMEOUT):
+                    raise ChildFailed(f"no answer within {START_TIMEOUT:.0f} s")
+                self._started(c, c.conn.recv())
+        except (ChildFailed, EOFError, OSError) as e:
+            for c in children:
+                c.kill()
             raise ConfigurationError(f"the process executor cannot start a child: {e}") from None
-        for i, child in enumerate(children):
-            self._children[i] = child
-            t = threading.Thread(target=self._slot, args=(i,), name=f"pgqueue-proc-{i}",
-                                 daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._idle = list(children)
+        self._thread = threading.Thread(target=self._supervise, name="pgqueue-processes",
+                                        daemon=True)
+        self._thread.start()
 
     def prepare(self, r: _Running) -> None:
         """Mark ``r`` as this executor's before it is owned: it keeps its own timeout."""
         r.own_timeout = True
 
     def submit(self, r: _Running) -> None:
-        self._q.put(r)
+        """Send ``r`` to an idle child now (from the caller's thread), or queue it."""
+        if r.task is None:   # not registered here (claimed only by name filter races)
+            self.outcomes.unknown_task(r)
+            self._release()
+            return
+        with self._lock:
+            if not self._idle:
+                self._pending.append(r)
+                return
+            child = self._idle.pop()
+            self._assign(child, r)
 
     def stop(self) -> None:
-        """Kill the children still running a job (their attempts were handed back), let
-        idle ones exit, and wait for the slots."""
+        """Kill the children still running a job (their attempts were handed back) and
+        end the others."""
         self._stopping = True
-        for _ in self._threads:
-            self._q.put(None)
-        for i in list(self._busy):
-            child = self._children.get(i)
-            if child is not None:
-                child.kill()
-        deadline = time.monotonic() + 10
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        for child in list(self._children.values()):
-            if child is not None and child.proc.is_alive():
-                child.kill()
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(10)
+        with self._lock:
+            children, self._children, self._idle = self._children, [], []
+        for c in children:
+            if c.job is None and c.ready:
+                self._send(c, ("exit",))
+        for c in children:
+            if c.job is not None or not c.ready:
+                c.kill()
+        for c in children + [c for c, _ in self._retired]:
+            c.proc.join(5)
+            if c.proc.is_alive():
+                c.kill()
+        self._selector.close()
+        os.close(self._poke_r)
+        os.close(self._poke_w)
 
     # -- children --------------------------------------------------------------------
 
-    def _launch(self) -> tuple[Any, Any]:
+    def _launch(self) -> _Child:
         parent_end, child_end = self._mp.Pipe(duplex=True)
+        cancel_id = self._mp.RawValue("q", 0)
         proc = self._mp.Process(target=_child.main, name="pgqueue-child", daemon=True,
-                                args=(child_end, self.app_spec, self.conninfo))
+                                args=(child_end, self.app_spec, self.conninfo, cancel_id))
         proc.start()
         child_end.close()
-        return proc, parent_end
+        c = _Child(proc, parent_end, cancel_id)
+        with self._lock:
+            self._children.append(c)
+        self._selector.register(parent_end.fileno(), selectors.EVENT_READ, c)
+        return c
 
-    def _ready(self, proc: Any, conn: Any) -> _Child:
-        try:
-            if not conn.poll(START_TIMEOUT):
-                raise ChildFailed(f"no answer within {START_TIMEOUT:.0f} s")
-            msg = conn.recv()
-        except (EOFError, OSError):
-            proc.join(1)
-            raise ChildFailed(f"it exited with code {proc.exitcode} while starting") from None
+    def _started(self, c: _Child, msg: tuple) -> None:
         if msg[0] != "ready":
             raise ChildFailed(f"importing the app {self.app_spec!r} failed:\n{msg[1]}")
+        c.ready = True
         self.pids.append(msg[1])
-        return _Child(proc, conn, msg[1])
 
-    def _new_child(self) -> _Child | None:
-        """A fresh child for a slot; None (after a pause) when it cannot start."""
-        proc, conn = self._launch()
+    def _assign(self, c: _Child, r: _Running) -> None:
+        """Give ``r`` to the idle child ``c`` (with ``self._lock`` held)."""
+        c.job = r
+        c.deadline = r.started + r.timeout if r.timeout else None
+        c.kill_at = None
+        c.cancel_id.value = 0
+        if not self._send(c, ("job", {
+                "id": r.id, "attempt": r.attempt, "task": r.name, "queue": r.queue,
+                "max_attempts": r.ctx.max_attempts, "worker_id": str(self.worker_id),
+                "args": r.args, "kwargs": r.kwargs, "inputs": r.inputs,
+                "cancel": _cancelled(r)})):
+            # it died while idle: the supervisor replaces it and fails nothing
+            c.job = None
+            self._pending.appendleft(r)
+
+    def _send(self, c: _Child, msg: tuple) -> bool:
         try:
-            return self._ready(proc, conn)
-        except ChildFailed as e:
-            log.error("process executor: cannot start a child (%s); retrying", e)
-            proc.kill()
-            conn.close()
-            time.sleep(1.0)
-            return None
+            c.conn.send(msg)
+            return True
+        except (OSError, ValueError):
+            return False
 
-    # -- slots -----------------------------------------------------------------------
-
-    def _slot(self, i: int) -> None:
-        child: _Child | None = self._children[i]
-        while True:
-            while child is None and not self._stopping:
-                child = self._children[i] = self._new_child()
-            r = self._q.get()
-            if r is None:
-                if child is not None:
-                    child.retire()
-                self._children.pop(i, None)
+    def _free(self, c: _Child) -> None:
+        """``c`` can take a job: the next waiting one, or it waits."""
+        with self._lock:
+            if c not in self._children:
                 return
-            assert child is not None
-            self._busy.add(i)
-            try:
-                child = self._run(child, r)
-            except BaseException as e:  # noqa: BLE001 - a slot never dies with a job
-                log.exception("process executor: job %s", r.id)
-                self._fail(r, {"type": "pgqueue.ChildProcessDied",
-                               "message": f"the process executor failed: {e}",
-                               "traceback": None})
-                if child is not None:
-                    child.kill()
-                child = None
-            finally:
-                self._busy.discard(i)
-                self.running.release_slot()
-                self.wake.set()
-            if child is not None and (
-                    (self.max_tasks_per_child and child.jobs >= self.max_tasks_per_child)
-                    or (self.max_memory_per_child and child.rss > self.max_memory_per_child)):
-                log.debug("retiring child %s after %d jobs (%.0f MiB)", child.pid,
-                          child.jobs, child.rss)
-                child.retire()
-                child = None
-            self._children[i] = child   # type: ignore[assignment]
+            if self._pending:
+                self._assign(c, self._pending.popleft())
+            else:
+                self._idle.append(c)
 
-    def _run(self, child: _Child, r: _Running) -> _Child | None:
-        """Run ``r`` in ``child``; return the child, or None once it is gone."""
-        if r.task is None:   # not registered here (claimed only by name filter races)
-            self.outcomes.unknown_task(r)
-            return child
-        child.conn.send(("job", {
-            "id": r.id, "attempt": r.attempt, "task": r.name, "queue": r.queue,
-            "max_attempts": r.ctx.max_attempts, "worker_id": str(self.worker_id),
-            "args": r.args, "kwargs": r.kwargs, "inputs": r.inputs,
-            "cancel": r.ctx._cancel.is_set()}))
-        deadline = r.started + r.timeout if r.timeout else None
-        cancel_sent = False
-        kill_at: float | None = None
-        while True:
-            now = time.monotonic()
-            step = POLL_STEP if deadline is None else max(0.0, min(POLL_STEP, deadline - now))
+    def _replace(self, c: _Child, *, retire: bool = False) -> None:
+        """Remove ``c`` (ask it to exit, or kill it) and start another."""
+        with self._lock:
+            if c in self._children:
+                self._children.remove(c)
+            if c in self._idle:
+                self._idle.remove(c)
+        try:
+            self._selector.unregister(c.conn.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        if retire and self._send(c, ("exit",)):
+            self._retired.append((c, time.monotonic()))
+        else:
+            c.kill()
+        if not self._stopping:
+            self._launch()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._poke_w, b"x")
+        except OSError:
+            pass
+
+    def _release(self) -> None:
+        self.running.release_slot()
+        self.wake.set()
+
+    def _freed(self) -> None:
+        """A slot freed up in this supervisor round (released together at its end, so
+        the claim loop wakes once and claims for all of them in one round trip)."""
+        self._freed_slots += 1
+
+    # -- the supervisor --------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping:
             try:
-                ready = child.conn.poll(step)
-                msg = child.conn.recv() if ready else None
+                self._round()
+            except Exception:  # noqa: BLE001 - the supervisor must go on
+                log.exception("process executor: supervising children failed")
+                time.sleep(0.1)
+            finally:
+                n, self._freed_slots = self._freed_slots, 0
+                for _ in range(n):
+                    self.running.release_slot()
+                if n:
+                    self.wake.set()
+
+    def _round(self) -> None:
+        with self._lock:
+            children = list(self._children)
+        now = time.monotonic()
+        wait = POLL_STEP
+        for c in children:
+            for t in (c.deadline if c.job is not None else None, c.kill_at):
+                if t is not None:
+                    wait = min(wait, max(0.0, t - now))
+        for key, _ in self._selector.select(wait):
+            c = key.data
+            if c is None:
+                os.read(self._poke_r, 512)
+                continue
+            if c.job is None and c.ready and c not in self._children:
+                continue
+            try:
+                msg = c.conn.recv()
             except (EOFError, OSError):
-                msg = None
-                ready = True
-            if msg is not None:
-                _, _job_id, outcome, rss = msg
-                child.jobs += 1
-                child.rss = rss
-                self._deliver(r, outcome)
-                return child
-            if ready or not child.proc.is_alive():      # the pipe closed: the child died
-                how = child.how_it_died()
-                child.kill()
-                log.warning("job %s %s: its child process %s %s", r.id, r.name, child.pid, how)
-                self._fail(r, {"type": "pgqueue.ChildProcessDied",
-                               "message": f"the child process (pid {child.pid}) running "
-                                          f"this attempt {how}", "traceback": None})
-                return None
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                child.kill()
+                self._died(c)
+                continue
+            self._message(c, msg)
+        now = time.monotonic()
+        for c in children:
+            r = c.job
+            if r is None:
+                continue
+            if c.deadline is not None and now >= c.deadline:
                 r.timed_out = True
-                log.warning("job %s %s timed out after %s s; killed its child process %s",
-                            r.id, r.name, r.timeout, child.pid)
-                self._fail(r, {"type": "builtins.TimeoutError",
-                               "message": f"attempt exceeded its timeout of {r.timeout} s "
-                                          f"(its child process {child.pid} was killed)",
-                               "traceback": None})
-                return None
-            if not cancel_sent and r.ctx._cancel.is_set():
-                cancel_sent = True
-                kill_at = now + self.cancel_grace
-                try:
-                    child.conn.send(("cancel", r.id))
-                except OSError:
-                    pass
-            if kill_at is not None and now >= kill_at:
-                child.kill()
+                log.warning("job %s %s timed out after %s s; killing its child process %s",
+                            r.id, r.name, r.timeout, c.pid)
+                self._end(c, fail={"type": "builtins.TimeoutError",
+                                   "message": f"attempt exceeded its timeout of {r.timeout} s "
+                                              f"(its child process {c.pid} was killed)",
+                                   "traceback": None})
+            elif c.kill_at is None and _cancelled(r):
+                c.kill_at = now + self.cancel_grace
+                c.cancel_id.value = r.id
+            elif c.kill_at is not None and now >= c.kill_at:
                 log.warning("job %s %s did not stop within %.1f s of its cancellation; "
-                            "killed its child process %s", r.id, r.name, self.cancel_grace,
-                            child.pid)
-                if not self.running.is_abandoned(r):
-                    self.outcomes.exception(r, Cancelled(
-                        f"job {r.id} was asked to stop and did not within "
-                        f"{self.cancel_grace} s; its process was killed"))
-                return None
+                            "killing its child process %s", r.id, r.name,
+                            self.cancel_grace, c.pid)
+                self._end(c, cancel=True)
+        for item in list(self._retired):
+            c, since = item
+            if not c.proc.is_alive() or now - since > 5.0:
+                if c.proc.is_alive():
+                    c.kill()
+                c.conn.close()
+                self._retired.remove(item)
+
+    def _message(self, c: _Child, msg: tuple) -> None:
+        if msg[0] == "ready":
+            self._started(c, msg)
+            self._free(c)
+            return
+        if msg[0] == "broken":
+            log.error("process executor: a new child cannot import the app:\n%s", msg[1])
+            self._replace(c)
+            time.sleep(1.0)
+            return
+        _, _job_id, outcome, rss = msg
+        r, c.job = c.job, None
+        c.jobs += 1
+        c.rss = rss
+        if r is not None:
+            self._deliver(r, outcome)
+            self._freed()
+        if ((self.max_tasks_per_child and c.jobs >= self.max_tasks_per_child)
+                or (self.max_memory_per_child and rss > self.max_memory_per_child)):
+            log.debug("retiring child %s after %d jobs (%.0f MiB)", c.pid, c.jobs, rss)
+            self._replace(c, retire=True)
+        else:
+            self._free(c)
+
+    def _died(self, c: _Child) -> None:
+        r = c.job
+        how = c.how_it_died()
+        if r is not None:
+            log.warning("job %s %s: its child process %s %s", r.id, r.name, c.pid, how)
+            self._end(c, fail={"type": "pgqueue.ChildProcessDied",
+                               "message": f"the child process (pid {c.pid}) running this "
+                                          f"attempt {how}", "traceback": None})
+        else:
+            log.warning("an idle child process %s %s; replacing it", c.pid, how)
+            self._replace(c)
+
+    def _end(self, c: _Child, *, fail: dict[str, Any] | None = None,
+             cancel: bool = False) -> None:
+        """Kill ``c``, record its job's attempt as failed, free the slot, replace ``c``."""
+        r, c.job = c.job, None
+        self._replace(c)
+        assert r is not None
+        if not self.running.is_abandoned(r):
+            if cancel:
+                self.outcomes.exception(r, Cancelled(
+                    f"job {r.id} was asked to stop and did not within {self.cancel_grace} s; "
+                    "its process was killed"))
+            else:
+                retry = r.task.retry.retry if r.task is not None else True
+                self.outcomes.failure(r, fail or {}, discard=not retry)
+        self._freed()
 
     def _deliver(self, r: _Running, outcome: tuple) -> None:
         kind = outcome[0]
@@ -352,14 +446,6 @@ class ProcessExecutor:
             self.outcomes.committed(r)
         elif kind == "fenced":
             self.outcomes.exception(r, _Abandoned(owner=outcome[1]))
-        else:
+        elif not self.running.is_abandoned(r):
             _, err, discard, delay = outcome
-            if not self.running.is_abandoned(r):
-                self.outcomes.failure(r, err, discard=discard, retry_delay=delay)
-
-    def _fail(self, r: _Running, err: dict[str, Any]) -> None:
-        """Fail ``r`` with ``err``, retried by its task's policy."""
-        if self.running.is_abandoned(r):
-            return
-        retry = r.task.retry.retry if r.task is not None else True
-        self.outcomes.failure(r, err, discard=not retry)
+            self.outcomes.failure(r, err, discard=discard, retry_delay=delay)
