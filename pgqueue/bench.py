@@ -74,9 +74,9 @@ ALL = ("enqueue", "bulk", "drain", "latency", "chord")
 
 # -- memory ------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int | None:
+def _status_kb(field: str, pid: int | str = "self") -> int | None:
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -166,12 +166,22 @@ def _pct(values: list[float], p: float) -> float:
 
 # -- the bench app ---------------------------------------------------------------------
 
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+#: the app the process executor's children import (``pgqueue.bench:children_app``):
+#: the no-op task under the bench's name; the worker gives children its connection
+children_app = App("postgresql://unused")
+children_app.task(_noop, name=NOOP, retry=False)
+
 class Bench:
     """Shared state of one ``pgqueue bench`` run."""
 
     def __init__(self, dsn: str, queue: str = "bench", concurrency: int = 10,
-                 producers: int = 1):
+                 producers: int = 1, executor: str = "thread"):
         self.dsn = dsn
+        self.executor = executor
         self.queue = queue
         self.concurrency = concurrency
         self.producers = producers
@@ -283,7 +293,12 @@ class Bench:
         self.load(n)
         with self.connect() as c:
             c.execute("vacuum (analyze) pgqueue.jobs")
-        w, t = self.worker(poll_interval=1.0)
+        kw: dict[str, Any] = {}
+        if self.executor == "process":
+            # only the no-op runs in children (they import pgqueue.bench:children_app)
+            self.noop.executor = "process"
+            kw = {"app_spec": "pgqueue.bench:children_app"}
+        w, t = self.worker(poll_interval=1.0, **kw)
         watch = RssWatch(every=0.02).start()
         t0 = time.perf_counter()
         t.start()
@@ -295,14 +310,21 @@ class Bench:
             time.sleep(0.002)
         dt_ = time.perf_counter() - t0
         watch.stop()
+        children = list(w.processes.pids) if w.processes is not None else []
+        child_peaks = [kb / 1024.0 for kb in (_status_kb("VmHWM", p) for p in children)
+                       if kb is not None]
         w.stop()
         t.join(30)
+        self.noop.executor = None
         done = self.count("completed")
         self.cleanup()
         out = {"scenario": "drain", "jobs": n, "concurrency": self.concurrency,
-               "seconds": round(dt_, 3), "jobs_per_s": round(n / dt_),
-               "ok": done == n}
+               "executor": self.executor, "seconds": round(dt_, 3),
+               "jobs_per_s": round(n / dt_), "ok": done == n}
         out.update(watch.report())
+        if children:
+            out["children"] = len(children)
+            out["child_peak_rss_mib"] = _r(max(child_peaks)) if child_peaks else None
         self.last_drain = out
         return out
 
@@ -607,12 +629,13 @@ class Bench:
 
 def run_scenarios(dsn: str, scenarios: list[str], *, jobs: int, concurrency: int,
                   samples: int, finished_rows: int, queue: str = "bench",
-                  producers: int = 1,
+                  producers: int = 1, executor: str = "thread",
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``scenarios`` against ``dsn``; returns a JSON-able report."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         migrate_mod.apply(conn)
-    b = Bench(dsn, queue=queue, concurrency=concurrency, producers=producers)
+    b = Bench(dsn, queue=queue, concurrency=concurrency, producers=producers,
+              executor=executor)
     report: dict[str, Any] = {"server_version": b.server_version(), "cpus": os.cpu_count(),
                               "results": []}
     try:
@@ -657,10 +680,13 @@ def _print_table(report: dict[str, Any]) -> None:
             if r.get("producers"):
                 details.append(f"{r['producers']} producer(s), one job per transaction")
             if s == "drain":
-                details.append(f"concurrency {r['concurrency']}")
+                details.append(f"concurrency {r['concurrency']}, {r.get('executor', 'thread')} executor")
             if "rss_start_mib" in r:
                 details.append(f"RSS start {r['rss_start_mib']} MiB, peak {r['rss_peak_mib']} "
                                f"MiB (+{r['rss_growth_mib']})")
+            if r.get("children"):
+                details.append(f"{r['children']} children, peak RSS of one "
+                               f"{r['child_peak_rss_mib']} MiB")
             if not r["ok"]:
                 details.append("INCOMPLETE")
             click.echo(f"{s:<10} {r['jobs']:>8} {r['seconds']:>8} {r['jobs_per_s']:>9}  "
@@ -729,10 +755,14 @@ def _print_table(report: dict[str, Any]) -> None:
 @click.option("--producers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Threads enqueueing one job per transaction at once (enqueue scenario); "
                    "several producers share WAL flushes (group commit).")
+@click.option("--executor", type=click.Choice(["thread", "process"]), default="thread",
+              show_default=True,
+              help="Executor of the drain scenario's no-op tasks: worker threads, or child "
+                   "processes (then the children's count and peak RSS are reported).")
 @click.pass_context
 def bench(ctx: click.Context, jobs: int, concurrency: int, scenarios: tuple[str, ...],
           samples: int, finished_rows: int, queue: str, as_json: bool,
-          json_out: str | None, producers: int) -> None:
+          json_out: str | None, producers: int, executor: str) -> None:
     """Measure enqueue, bulk enqueue, drain throughput, wake-up latency and chords.
 
     Uses its own queue (`bench`) in the configured database, migrating it first, and
@@ -756,7 +786,7 @@ def bench(ctx: click.Context, jobs: int, concurrency: int, scenarios: tuple[str,
 
     report = run_scenarios(dsn, chosen, jobs=jobs, concurrency=concurrency, samples=samples,
                            finished_rows=finished_rows, queue=queue, producers=producers,
-                           progress=progress)
+                           executor=executor, progress=progress)
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -306,13 +306,25 @@ def load_app(spec: str) -> App:
 @click.option("--no-scheduler", is_flag=True,
               help="Do not fire periodic jobs from this worker (others still do; the app's "
                    "declarations are still written).")
+@click.option("--executor", type=click.Choice(["thread", "process"]), default="thread",
+              show_default=True,
+              help="Where def tasks without their own executor= run: threads of this "
+                   "process, or a pool of --concurrency child processes (a timeout kills "
+                   "the child; a task holding the GIL cannot delay heartbeats).")
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
+              help="Replace a child process after this many jobs (process executor).")
+@click.option("--max-memory-per-child", type=click.FloatRange(1), default=None,
+              metavar="MIB",
+              help="Replace a child process whose resident memory exceeds this many MiB "
+                   "after a job (process executor).")
 @pass_ctx
 def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
            poll_interval: float, shutdown_grace: float, heartbeat_interval: float,
            stale_after: float, no_listen: bool, name: str | None, schema_wait: float,
            metrics_port: int | None, metrics_host: str, metrics_interval: float,
            retention: str, maintenance_interval: float, xmin_warn_after: float,
-           no_scheduler: bool) -> None:
+           no_scheduler: bool, executor: str, max_tasks_per_child: int | None,
+           max_memory_per_child: float | None) -> None:
     """Run jobs until SIGTERM/SIGINT (graceful: finish, then hand back, exit 0)."""
     from .worker import Worker
     prune_after = None if retention.strip().lower() in ("off", "none", "never") \
@@ -328,7 +340,9 @@ def worker(obj: Ctx, app_spec: str, queues: tuple[str, ...], concurrency: int,
                    metrics_port=metrics_port, metrics_host=metrics_host,
                    metrics_interval=metrics_interval, prune_after=prune_after,
                    maintenance_interval=maintenance_interval, xmin_warn_after=xmin_warn_after,
-                   scheduler=not no_scheduler)
+                   scheduler=not no_scheduler, executor=executor, app_spec=app_spec,
+                   max_tasks_per_child=max_tasks_per_child,
+                   max_memory_per_child=max_memory_per_child)
         code = w.run()
     except PgQueueError as e:
         raise click.ClickException(str(e)) from None

@@ -93,7 +93,7 @@ def parse_rate(text: str) -> tuple[int, float] | None:
 def declare(app: Any, name: str, concurrency: Any, rate_limit: Any,
             partition_concurrency: Any, partition_rate_limit: Any) -> QueueLimits:
     """Check one ``app.queue`` declaration and record it in ``app.queues``."""
-    from .app import _validate_options
+    from ._options import _validate_options
     _validate_options(queue=name)
     limits = QueueLimits(
         name=name, concurrency=check_concurrency(concurrency, "concurrency"),

@@ -51,7 +51,8 @@ from .hooks import Outcome
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
 
-    from .worker import Worker, _Running
+    from .worker import Worker
+    from .worker.running import _Running
 
 __all__ = ["ErrorContext", "ErrorHook", "Observer"]
 

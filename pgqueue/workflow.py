@@ -86,7 +86,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from . import serialization
-from .app import _validate_options, _validate_when
+from ._options import _validate_options, _validate_when, check_call_args
 from .hooks import GLOBAL, Enqueue, check_meta, meta_json
 from .errors import EnqueueError, PgQueueError, ResultTimeout
 from .job import Job
@@ -216,9 +216,10 @@ class Signature(_Canvas):
 
     def __init__(self, task: Task, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
                  *, immutable: bool = False, **options: Any):
-        from .app import Task as _Task
-        from .app import check_call_args
-        if not isinstance(task, _Task):
+        # A Task (pgqueue.app, a layer above) without importing it: a registered task
+        # has a name, an app, and its function.
+        if not (isinstance(getattr(task, "name", None), str) and hasattr(task, "app")
+                and hasattr(task, "fn")):
             raise EnqueueError(f"a signature needs a registered task, got {task!r}")
         check_call_args(args, kwargs, f"{task.name}.signature([value])")
         self.task = task

@@ -391,7 +391,7 @@ def test_b06_notifications_during_a_busy_listener_are_not_lost(dsn, capp):
     assert version >= (3, 2, 4), "psycopg >= 3.2.4 buffers notifies between generator runs"
     wapp = cases.make_app(dsn)
     w = pgqueue.Worker(wapp, concurrency=8, poll_interval=60.0, shutdown_grace=2.0)
-    listener = _SlowHealthListener(w, "listen")
+    listener = _SlowHealthListener(w._connector, "listen")
     w._listener = listener
     received = []
     on_notify = w._on_notify

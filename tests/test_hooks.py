@@ -309,7 +309,7 @@ def test_a_fenced_out_late_outcome_calls_no_hook(app, conn, dsn, start_worker):
         lock.execute("select 1 from pgqueue.workers where id = %s for update", (a.id,))
         wait_until(lambda: row() == ("completed", 2), 20, message="B completed attempt 2")
         release.set()
-        wait_until(lambda: a._running == {}, 15, message="A's late outcome was handled")
+        wait_until(lambda: len(a._running) == 0, 15, message="A's late outcome was handled")
         lock.rollback()
     wait_until(lambda: outcomes, 10, message="B's outcome hook")
     a.stop()

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import pgqueue
-from pgqueue._scheduler import Scheduler, upsert_declarations
+from pgqueue.worker.scheduler import Scheduler, upsert_declarations
 from pgqueue.schedule import Schedule, ScheduleError
 
 from .conftest import wait_until

@@ -36,11 +36,14 @@ HEARTBEAT = 1.0
 RESCUE_BOUND = STALE + HEARTBEAT + 2.0
 
 
-def test_kill_loop_loses_nothing_and_never_runs_a_job_twice_at_once(dsn, fapp, spawn_worker):
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_kill_loop_loses_nothing_and_never_runs_a_job_twice_at_once(dsn, fapp, spawn_worker,
+                                                                    executor):
+    """With the process executor, a killed worker's children die with it."""
     rng = random.Random(20261129)
     fleet = Fleet(spawn_worker, dsn, "-c", "4", "--heartbeat-interval", str(HEARTBEAT),
                   "--stale-after", str(STALE), "--poll-interval", "1",
-                  "--shutdown-grace", "5")
+                  "--shutdown-grace", "5", "--executor", executor)
     fleet.start(WORKERS)
     wait_until(safe(lambda: scalar(dsn, "select count(*) from pgqueue.workers") >= WORKERS),
                30, 0.05, "workers registered")
@@ -79,7 +82,9 @@ def test_kill_loop_loses_nothing_and_never_runs_a_job_twice_at_once(dsn, fapp, s
     execs: dict[tuple, dict] = {}
     for job_id, attempt, worker, pid, event, at in rows(
             dsn, "select job_id, attempt, worker, pid, event, at from public.side order by id"):
-        e = execs.setdefault((job_id, attempt, worker), {"pid": pid})
+        # the worker process of the execution (with the process executor `pid` is that
+        # of its child, which dies with the worker)
+        e = execs.setdefault((job_id, attempt, worker), {"pid": worker_pid.get(worker, pid)})
         e[event] = at
     per_job: dict[int, list[dict]] = defaultdict(list)
     for (job_id, _attempt, _worker), e in execs.items():

@@ -32,6 +32,14 @@ from .helpers import (
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 ARGS = ("-c", "2", "--poll-interval", "60", "--heartbeat-interval", "1", "--stale-after", "5")
+
+
+@pytest.fixture(params=["thread", "process"])
+def worker_args(request) -> tuple[str, ...]:
+    """The workers' arguments, with each executor (listener faults are the same)."""
+    return (*ARGS, "--executor", request.param)
+
+
 #: documented: a dead or silent listener is replaced within 15 s
 LISTENER_BOUND = 15.0
 
@@ -49,8 +57,8 @@ def _job_starts_after(dsn, fapp, since, bound, what):
     return secs(start, since), j
 
 
-def test_terminated_listener_backend_is_replaced_and_catches_up(dsn, fapp, spawn_worker):
-    fleet = Fleet(spawn_worker, dsn, *ARGS)
+def test_terminated_listener_backend_is_replaced_and_catches_up(dsn, fapp, spawn_worker, worker_args):
+    fleet = Fleet(spawn_worker, dsn, *worker_args)
     (w,) = fleet.start(1)
     worker_id_of(dsn, w.pid)
     old = wait_until(lambda: _listening(dsn), 15, 0.05, "LISTEN connection")
@@ -64,10 +72,10 @@ def test_terminated_listener_backend_is_replaced_and_catches_up(dsn, fapp, spawn
     fleet.assert_alive()
 
 
-def test_every_worker_connection_terminated_mid_job_recovers(dsn, fapp, spawn_worker):
+def test_every_worker_connection_terminated_mid_job_recovers(dsn, fapp, spawn_worker, worker_args):
     """claim, complete, heartbeat and listen backends all killed while a job runs: the
     job is recorded once, new jobs run, heartbeats resume."""
-    fleet = Fleet(spawn_worker, dsn, *ARGS)
+    fleet = Fleet(spawn_worker, dsn, *worker_args)
     (w,) = fleet.start(1)
     wid = worker_id_of(dsn, w.pid)
     _job_starts_after(dsn, fapp, db_now(dsn), 5, "start")   # opens the completer too
@@ -93,8 +101,8 @@ def test_every_worker_connection_terminated_mid_job_recovers(dsn, fapp, spawn_wo
     fleet.assert_alive()
 
 
-def test_database_restart_worker_survives_and_catches_up(dsn, fapp, spawn_worker, embedded):
-    fleet = Fleet(spawn_worker, dsn, *ARGS)
+def test_database_restart_worker_survives_and_catches_up(dsn, fapp, spawn_worker, worker_args, embedded):
+    fleet = Fleet(spawn_worker, dsn, *worker_args)
     (w,) = fleet.start(1)
     wid = worker_id_of(dsn, w.pid)
     wait_until(lambda: _listening(dsn), 15, 0.05, "LISTEN connection")
@@ -124,9 +132,9 @@ def test_database_restart_worker_survives_and_catches_up(dsn, fapp, spawn_worker
     fleet.assert_alive()
 
 
-def test_blackholed_listener_is_detected_within_the_bound(dsn, fapp, spawn_worker, proxy):
+def test_blackholed_listener_is_detected_within_the_bound(dsn, fapp, spawn_worker, worker_args, proxy):
     """The proxy stops forwarding the listener's traffic without closing anything."""
-    fleet = Fleet(spawn_worker, dsn, *ARGS, db=proxy.client_dsn())
+    fleet = Fleet(spawn_worker, dsn, *worker_args, db=proxy.client_dsn())
     (w,) = fleet.start(1)
     wid = worker_id_of(dsn, w.pid)
     wait_until(lambda: proxy.matching("pgqueue-worker:listen"), 15, 0.05, "LISTEN via proxy")

@@ -27,9 +27,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import serialization
-from ._sql import q
-from .schedule import PeriodicTask, Schedule, ScheduleError, due_slots
+from .. import serialization
+from .._sql import q
+from ..schedule import PeriodicTask, Schedule, ScheduleError, due_slots
 
 log = logging.getLogger("pgqueue.scheduler")
 
@@ -74,6 +74,9 @@ def upsert_declarations(conn: psycopg.Connection, declared: Iterable[PeriodicTas
     declared = list(declared)
     by = f"app:{worker_name}"
     with conn.transaction():
+        # Workers starting together take turns: the first inserts a new schedule, the
+        # others see its row (no unique violation at start).
+        conn.execute("select pg_advisory_xact_lock(hashtext('pgqueue.schedules'))")
         for p in declared:
             row = conn.execute(q("schedule_get_for_update"), {"name": p.name}).fetchone()
             now = conn.execute("select now()").fetchone()[0] if row is None else row[-1]

@@ -1,0 +1,96 @@
+"""Maintenance: retention of finished jobs and the long-transaction warning.
+
+Owns the *maintenance* connection. Every ``interval`` seconds (the first round after
+``min(interval, 2 * heartbeat_interval)``):
+
+- ``maintenance_prune`` (when ``prune_after`` is set): under a transaction-scoped
+  advisory lock (``PRUNE_LOCK``; one worker at a time, safe behind poolers) deletes
+  ``completed``/``discarded``/``cancelled`` jobs finished more than ``prune_after``
+  seconds ago;
+- ``oldest_transaction``: the oldest open transaction of the database; one older than
+  ``xmin_warn_after`` holds back vacuum, so it is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from .._sql import q
+from .connections import _Conn
+
+log = logging.getLogger("pgqueue.worker")
+
+#: transaction-scoped advisory lock taken by the one worker that prunes in a round
+PRUNE_LOCK = 0x706771756576
+
+
+class Maintenance:
+    """Prunes and watches for long transactions.
+
+    :param conn: the dedicated *maintenance* connection.
+    :param interval: seconds between rounds.
+    :param first_after: seconds before the first round.
+    :param prune_after: retention in seconds, or ``None`` (no pruning).
+    :param xmin_warn_after: seconds a transaction may be open before a warning.
+    :param stats: counters ``pruned`` and ``vacuum_warnings``.
+    :param done: set when the worker's bookkeeping threads may exit.
+    """
+
+    def __init__(self, conn: _Conn, *, interval: float, first_after: float,
+                 prune_after: float | None, xmin_warn_after: float, stats: dict[str, int],
+                 done: threading.Event):
+        self.conn = conn
+        self.interval = interval
+        self.first_after = first_after
+        self.prune_after = prune_after
+        self.xmin_warn_after = xmin_warn_after
+        self.stats = stats
+        self.done = done
+        #: the last finding: dict(age, pid, user, application, state, query), or None
+        self.oldest_transaction: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pgqueue-maintenance",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Wait for the thread to end (``done`` must be set)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        next_at = time.monotonic() + self.first_after
+        while not self.done.wait(max(0.0, next_at - time.monotonic())):
+            next_at = time.monotonic() + self.interval
+            try:
+                self.once()
+            except Exception as e:  # noqa: BLE001 - retried next round
+                log.warning("maintenance failed: %s", str(e).strip())
+
+    def once(self) -> None:
+        def work(conn: psycopg.Connection) -> None:
+            if self.prune_after is not None:
+                (n,) = conn.execute(q("maintenance_prune"), {
+                    "lock": PRUNE_LOCK, "older_than": self.prune_after},
+                    prepare=False).fetchone()
+                if n:
+                    self.stats["pruned"] += n
+                    log.info("pruned %d jobs finished more than %.0f s ago", n,
+                             self.prune_after)
+            row = conn.execute(q("oldest_transaction"), prepare=False).fetchone()
+            self.oldest_transaction = None if row is None else dict(zip(
+                ("age", "pid", "user", "application", "state", "query"), row, strict=True))
+            if row is not None and row[0] > self.xmin_warn_after:
+                self.stats["vacuum_warnings"] += 1
+                log.warning("a transaction has been open for %.0f s (pid %s, user %s, "
+                            "application %r, %s): it holds back vacuum, so dead rows of "
+                            "finished jobs pile up and claiming slows down; query: %s",
+                            *row[:5], (row[5] or "")[:200])
+        self.conn.run(work)
