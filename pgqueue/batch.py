@@ -104,7 +104,7 @@ class Batch:
         at once, if it does not exist yet."""
         if self._id is None:
             self.open()
-        assert self._id is not None
+        assert self._id is not None  # noqa: S101 - narrows a type; open() set it
         return self._id
 
     def using(self, *, connection: Any) -> BatchCall:

@@ -1133,7 +1133,7 @@ def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
         wf = cur.execute("select * from pgqueue.workflows where id = %s",
                          (workflow_id,)).fetchone()
         if wf is None:
-            raise click.ClickException(f"no workflow with id {workflow_id}; "
+            raise click.ClickException(f"no workflow with id {workflow_id}; "  # noqa: S608 - a message naming a query to type, not SQL that runs
                                        "list them with: select * from pgqueue.workflows")
         steps = cur.execute("select * from pgqueue.workflow_steps where workflow_id = %s "
                             "order by job_id", (workflow_id,)).fetchall()

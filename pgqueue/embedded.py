@@ -170,7 +170,7 @@ class EmbeddedServer:
                     "PostgreSQL refuses to run as root and `unshare` (util-linux) is missing; "
                     "install util-linux, run as a normal user, or set PGQUEUE_DSN")
             cmd = _UNSHARE + cmd
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - argv of our own PostgreSQL binaries, no shell
         if proc.returncode != 0 and os.geteuid() == 0 and "unshare" in proc.stderr:
             raise ConfigurationError(
                 "PostgreSQL refuses to run as root and a user namespace could not be created "

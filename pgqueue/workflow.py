@@ -638,7 +638,7 @@ class WorkflowCall:
 
     def _params(self) -> tuple[App, dict[str, Any], list[int], bool, Any]:
         plan, tails, is_list = _compile(self.canvas, self.error)
-        assert plan.app is not None
+        assert plan.app is not None  # noqa: S101 - narrows a type; _compile sets the app
         meta = self.meta
         hooked = None
         hooks = plan.app.hooks

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - this module imports without the extra
 #: ``auth(request) -> user name | None``, sync or async
 Auth = Callable[[Any], Union[str, None, Awaitable[Union[str, None]]]]
 
-TOKEN_COOKIE = "pgqueue_dashboard_token"
+TOKEN_COOKIE = "pgqueue_dashboard_token"  # noqa: S105 - a cookie's name, not a secret
 CSRF_COOKIE = "pgqueue_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 

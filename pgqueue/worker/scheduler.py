@@ -151,7 +151,7 @@ class Scheduler:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
+            except Exception:  # noqa: BLE001, S110 - closing a broken connection
                 pass
 
     def _run(self) -> None:

@@ -109,5 +109,5 @@ def hand_back(conn: _Conn, running: RunningJobs, leftovers: list[_Running], *,
                       "%.0f s", len(back), e, stale_after)
     try:
         conn.run(lambda c: c.execute(q("worker_delete"), {"worker_id": worker_id}))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001, S110 - the row goes with the next rescue or prune
         pass

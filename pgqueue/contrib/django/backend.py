@@ -205,7 +205,7 @@ class PgQueueBackend(BaseTaskBackend):
         task = self._task_for(name, result_id)
         try:
             task = task.using(queue_name=queue, priority=priority)
-        except Exception:  # noqa: BLE001 - a queue outside QUEUES: keep the declared task
+        except Exception:  # noqa: BLE001, S110 - a queue outside QUEUES: keep the declared task
             pass
         errors = _json(errors) or []
         by_attempt = {e.get("attempt"): str(e.get("worker")) for e in errors}

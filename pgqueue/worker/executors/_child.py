@@ -79,7 +79,7 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 - the pipe's EOF still ends the child
+        except Exception:  # noqa: BLE001, S110 - the pipe's EOF still ends the child
             pass
 
 

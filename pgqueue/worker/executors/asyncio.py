@@ -50,7 +50,7 @@ class AsyncioExecutor:
         r.own_timeout = True
 
     def submit(self, r: _Running) -> None:
-        assert self.loop is not None
+        assert self.loop is not None  # noqa: S101 - narrows a type; start() made the loop
         loop = self.loop
         r.future = fut = asyncio.run_coroutine_threadsafe(self._run(r), loop)
         r.interrupt = lambda: loop.call_soon_threadsafe(fut.cancel)
@@ -61,7 +61,7 @@ class AsyncioExecutor:
 
     async def _run(self, r: _Running) -> None:
         task = r.task
-        assert task is not None
+        assert task is not None  # noqa: S101 - narrows a type; only registered tasks reach this executor
         out = self.outcomes
         try:
             try:

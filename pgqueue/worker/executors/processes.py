@@ -70,7 +70,7 @@ class _Child:
     def kill(self) -> None:
         try:
             self.proc.kill()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001, S110 - already gone
             pass
         self.proc.join(5)
         self.conn.close()
@@ -428,7 +428,7 @@ class ProcessExecutor:
         """Kill ``c``, record its job's attempt as failed, free the slot, replace ``c``."""
         r, c.job = c.job, None
         self._replace(c)
-        assert r is not None
+        assert r is not None  # noqa: S101 - narrows a type; only a busy child is killed
         if not self.running.is_abandoned(r):
             if cancel:
                 self.outcomes.exception(r, Cancelled(
