@@ -586,7 +586,14 @@ class Task:
             if note:
                 passed.append(note)
             first = f" (the worker passes {' and '.join(passed)} first)" if passed else ""
-            raise TypeError(f"{where}{self.name}() {e}; the task takes {sig}{first}: "
+            problem = str(e)
+            # bind() names one problem; a misspelt keyword often hides behind a missing one
+            if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                unknown = [k for k in kwargs if k not in sig.parameters]
+                if unknown and "unexpected keyword" not in problem:
+                    problem += (f"; unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+                                + ", ".join(repr(k) for k in unknown))
+            raise TypeError(f"{where}{self.name}() {problem}; the task takes {sig}{first}: "
                             f"{advice}") from None
 
     @property

@@ -375,11 +375,15 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
         raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}",
                                  param_hint=what)
     try:
-        # the checks of the Python API (NUL, lone surrogates, 1e999, size); the text
-        # itself is stored as given, so tagged values ({"$type": ...}) keep their meaning
-        serialization.dumps(parsed, what.lstrip("-"))
+        # the checks of the Python API (NUL, lone surrogates, 1e999, size, and on the
+        # values that tagged JSON ({"$type": ...}) stands for: a naive datetime, a bad
+        # date); the text itself is stored as given, so tagged values keep their meaning
+        serialization.dumps(serialization.decode(parsed), what.lstrip("-"))
     except SerializationError as e:
         raise click.BadParameter(str(e), param_hint=what) from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise click.BadParameter(f"holds a tagged value that cannot be read: {e}",
+                                 param_hint=what) from None
     return value
 
 
@@ -492,14 +496,17 @@ def _cell(v: Any) -> str:
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    """Print ``rows`` as aligned columns (headers upper-cased) that fit the terminal
-    width: the widest columns are shortened first, their values ending in "…"."""
+    """Print ``rows`` as aligned columns (headers upper-cased). On a terminal the lines
+    fit its width: the widest columns are shortened first, their values ending in "…".
+    Piped or redirected (and no ``COLUMNS`` set), nothing is shortened."""
     if not rows:
         click.echo("(none)")
         return
     cells = [[_cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    term = shutil.get_terminal_size((120, 20)).columns
+    term = (shutil.get_terminal_size((120, 20)).columns
+            if sys.stdout.isatty() or os.environ.get("COLUMNS")
+            else sum(widths) + 2 * len(widths))
     while sum(widths) + 2 * (len(widths) - 1) > term:
         i = max(range(len(widths)), key=widths.__getitem__)
         if widths[i] <= 6:
@@ -939,7 +946,8 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
                     (age,) = conn.execute(q("check_heartbeat"), {"queues": qs}).fetchone()
                     report["heartbeat_age_seconds"] = age
                     if age is None:
-                        reasons.append("workers: no worker has registered"
+                        reasons.append("workers: no worker is running (none has "
+                                       "registered, or every one stopped)"
                                        + (f" for queues {', '.join(qs)}" if qs else ""))
                     elif age > hb_limit:
                         reasons.append(f"workers: no heartbeat for {age:.0f} s "
@@ -1053,8 +1061,10 @@ def embedded_status() -> None:
                f"dsn:       {dsn}\n"
                f"psql:      {psql}\n"
                f"connect:   {psql} \"{dsn}\"\n"
-               "stop:      pgqueue embedded stop (the server keeps running after each "
-               "command, for every project)")
+               + ("stop:      pgqueue embedded stop (the server keeps running after each "
+                  "command, for every project)" if running else
+                  "start:     any command that needs the database starts it (pgqueue "
+                  "migrate, pgqueue worker, ...)"))
 
 
 @embedded.command("list")

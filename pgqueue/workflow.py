@@ -897,7 +897,11 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         f"  created {fmt_time(w['created_at'])}, finished {fmt_time(w.get('finished_at'))} "
         f"(took {took})",
         f"  steps {w['total']}: {w['completed']} completed, {w['discarded']} discarded, "
-        f"{w['cancelled']} cancelled, {w['remaining']} unfinished",
+        f"{w['cancelled']} cancelled, {w['remaining']} unfinished"
+        # the error callback is not a step of the counts: say where it stands
+        + "".join(f"; error callback {s['state']}"
+                  + (" (not needed)" if s["state"] == "cancelled" else "")
+                  for s in steps if s.get("is_error_callback")),
     ]
     b = w.get("batch")
     if b:

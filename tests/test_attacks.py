@@ -387,6 +387,11 @@ def test_workflow_tree_shortens_a_long_list_of_dependencies():
     (["queues", "pause", "q" * 8000], "at most 128 characters"),
     (["jobs", "list", "--queue", "bad\udcffname"], "not valid UTF-8"),
     (["jobs", "list", "--task", "\udcff"], "not valid UTF-8"),
+    # tagged values are checked as the Python API checks the values they stand for
+    (["enqueue", "atk.noop", "--args", '[{"$type": "datetime", "value": "2026-01-01T00:00:00"}]'],
+     "naive datetime"),
+    (["enqueue", "atk.noop", "--args", '[{"$type": "datetime", "value": "garbage"}]'],
+     "cannot be read"),
     (["queues", "pause", "\udcff"], "valid UTF-8 without NUL"),
 ])
 def test_cli_hostile_values_get_a_usage_error_not_a_traceback(dsn, argv, says):

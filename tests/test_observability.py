@@ -439,6 +439,9 @@ def test_jobs_list_filters_and_json(dsn, conn, rows):
     assert lines[0].startswith("ID") and len(lines) == 5
     assert all(len(line) <= 70 for line in lines), lines
     assert any("…" in line for line in lines)
+    # piped (no terminal, no COLUMNS), nothing is shortened
+    res = cli(dsn, "jobs", "list", env={"COLUMNS": ""})
+    assert "long.task.name." * 8 in res.stdout and "…" not in res.stdout
 
 
 def test_jobs_show_retry_cancel_and_prune(dsn, conn, rows):
@@ -519,7 +522,7 @@ def test_check_passes_when_healthy_and_fails_for_each_reason(dsn, conn):
     assert cli(dsn, "check", "--max-heartbeat-age", "0s").exit_code == 0
     conn.execute("delete from pgqueue.workers")
     res = cli(dsn, "check")
-    assert res.exit_code == 1 and "no worker has registered" in res.output
+    assert res.exit_code == 1 and "no worker is running" in res.output
     conn.execute("select pgqueue.heartbeat(%s, 'w', 'h', 1, array['other'], array['t'], 1)",
                  (wid,))
     assert cli(dsn, "check", "-q", "other").exit_code == 0

@@ -75,6 +75,9 @@ def t(app):
      r"^t\.add\(\) too many positional arguments"),
     (lambda t, c: t.add.using(connection=c).enqueue(1, a=2),
      r"^t\.add\(\) multiple values for argument 'a'"),
+    # a misspelt keyword is named too, not only the argument it left missing
+    (lambda t, c: t.add.using(connection=c).enqueue(1, bb=2),
+     r"^t\.add\(\) missing a required argument: 'b'; unexpected keyword argument 'bb'"),
     # the JobContext comes from the worker: the producer gives only what follows it
     (lambda t, c: t.scaled.using(connection=c).enqueue(),
      r"^t\.scaled\(\) missing a required argument: 'x'.*the worker passes a JobContext first"),
