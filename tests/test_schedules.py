@@ -371,3 +371,22 @@ def test_worker_clocks_90_s_off_fire_each_slot_once_at_database_time(conn, spawn
                for slot, created, _ in rows), rows
     wait_until(lambda: all(r[2] == 1 for r in _beats(conn) if r[0] > start and
                            r[0] <= slots[-1]), timeout=20, message="each slot run once")
+
+
+def test_a_schedule_added_from_sql_that_cannot_be_evaluated_skips_only_itself(dsn, conn,
+                                                                                caplog):
+    """An interval no slot fits in a datetime (it sorts first, with no next slot yet)
+    must not stop the scheduler from firing the schedules after it."""
+    conn.execute("select pgqueue.add_schedule('a-huge', 'other.task', "
+                 "every => interval '100000 years')")
+    conn.execute("select pgqueue.add_schedule('b-fine', 'other.task', "
+                 "every => interval '1 minute')")
+    conn.execute("update pgqueue.schedules set next_slot = now() - interval '1 second' "
+                 "where name = 'b-fine'")
+    with psycopg.connect(dsn, autocommit=True) as c, \
+            caplog.at_level(logging.ERROR, logger="pgqueue.scheduler"):
+        Scheduler(lambda: c).tick(c)
+    assert len(_jobs(conn, "b-fine")) == 1
+    assert conn.execute("select next_slot from pgqueue.schedules where name = 'a-huge'"
+                        ).fetchone()[0] is None
+    assert "'a-huge' cannot be evaluated" in caplog.text
