@@ -47,3 +47,38 @@ def test_a_crashed_child_whose_grandchild_holds_its_pipe_fails_the_attempt(
     finally:
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+def test_busy_children_die_with_a_sigkilled_worker(dsn, spawn_worker):
+    """SIGKILL the worker while its children run jobs: each child must die too, or its
+    job runs on while a live worker rescues it and runs it again."""
+    w = spawn_worker("tests.apps.procs", "--executor", "process", "-c", "2")
+    ids = []
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for _ in range(2):
+            ids.append(c.execute("select pgqueue.enqueue('procs.nap', '[60, 0]')"
+                                 ).fetchone()[0])
+        wait_until(lambda: c.execute("select count(*) from public.side where event = "
+                                     "'start'").fetchone()[0] == 2, 30,
+                   message="both jobs started in children")
+        pids = [r[0] for r in c.execute("select pid from public.side")]
+    try:
+        w.signal(signal.SIGKILL)
+        w.proc.wait(10)
+        wait_until(lambda: not any(_alive(p) for p in pids), 5,
+                   message="the orphaned children to die")
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
