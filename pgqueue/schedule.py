@@ -181,12 +181,21 @@ def due_slots(schedule: Schedule, next_slot: dt.datetime, now: dt.datetime, *,
     due: list[dt.datetime] = []
     slot = next_slot
     count = 0
+    keep = max(limit, 1)
     while slot <= now:
         count += 1
         due.append(slot)
-        if len(due) > max(limit, 1):
+        if len(due) > keep:
             del due[0]
         slot = schedule.next_after(slot)
+        if schedule.every is not None:
+            # aligned slots one period apart: jump over those the list would drop
+            # anyway (every=1 paused for a year is 31 million slots)
+            ahead = (now - slot) // schedule.every - keep
+            if ahead > 0:
+                slot += schedule.every * ahead
+                count += ahead
+                due.clear()
     if count <= 1:
         return due, slot
     if catch_up == "all":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
 import psycopg
 import pytest
@@ -371,3 +372,54 @@ def test_worker_clocks_90_s_off_fire_each_slot_once_at_database_time(conn, spawn
                for slot, created, _ in rows), rows
     wait_until(lambda: all(r[2] == 1 for r in _beats(conn) if r[0] > start and
                            r[0] <= slots[-1]), timeout=20, message="each slot run once")
+
+
+def test_a_schedule_added_from_sql_that_cannot_be_evaluated_skips_only_itself(dsn, conn,
+                                                                                caplog):
+    """An interval no slot fits in a datetime (it sorts first, with no next slot yet)
+    must not stop the scheduler from firing the schedules after it."""
+    conn.execute("select pgqueue.add_schedule('a-huge', 'other.task', "
+                 "every => interval '100000 years')")
+    conn.execute("select pgqueue.add_schedule('b-fine', 'other.task', "
+                 "every => interval '1 minute')")
+    conn.execute("update pgqueue.schedules set next_slot = now() - interval '1 second' "
+                 "where name = 'b-fine'")
+    with psycopg.connect(dsn, autocommit=True) as c, \
+            caplog.at_level(logging.ERROR, logger="pgqueue.scheduler"):
+        Scheduler(lambda: c).tick(c)
+    assert len(_jobs(conn, "b-fine")) == 1
+    assert conn.execute("select next_slot from pgqueue.schedules where name = 'a-huge'"
+                        ).fetchone()[0] is None
+    assert "'a-huge' cannot be evaluated" in caplog.text
+
+
+@pytest.mark.parametrize("policy, limit", [("latest", 100), ("all", 3), ("none", 100)])
+def test_catching_up_a_long_pause_of_a_short_interval_is_quick(policy, limit):
+    """every=1 s paused for 60 days: over 5 million missed slots; the scheduler must
+    not walk them one by one (it fires nothing else meanwhile)."""
+    from pgqueue.schedule import due_slots
+    s = Schedule(every=1)
+    now = dt.datetime(2026, 6, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+    started = time.monotonic()
+    slots, following = due_slots(s, now - dt.timedelta(days=60), now, catch_up=policy,
+                                 limit=limit)
+    assert time.monotonic() - started < 3.0
+    last = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+    expect = {"latest": [last], "all": [last - dt.timedelta(seconds=i) for i in (2, 1, 0)],
+              "none": []}[policy]
+    assert slots == expect
+    assert following == last + dt.timedelta(seconds=1)
+    # and the same answers as slot by slot, for a pause of a few periods
+    short = due_slots(s, now - dt.timedelta(seconds=7.25), now, catch_up=policy, limit=limit)
+    assert short == _walk(s, now - dt.timedelta(seconds=7.25), now, policy, limit)
+
+
+def _walk(s: Schedule, next_slot: dt.datetime, now: dt.datetime, policy: str,
+          limit: int) -> tuple[list[dt.datetime], dt.datetime]:
+    due, slot = [], next_slot
+    while slot <= now:
+        due.append(slot)
+        slot = s.next_after(slot)
+    if len(due) <= 1:
+        return due, slot
+    return {"all": due[-limit:], "latest": due[-1:], "none": []}[policy], slot

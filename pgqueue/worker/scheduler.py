@@ -224,16 +224,19 @@ class Scheduler:
         key = f"{cron}|{every}|{tz}"
         try:
             sched = Schedule(cron=cron, every=every, tz=tz)
-        except ScheduleError as e:
+            if next_slot is None:
+                slots, following = [], sched.next_after(now)
+            else:
+                slots, following = due_slots(sched, next_slot, now, catch_up=catch_up,
+                                             limit=limit)
+        except (ScheduleError, ArithmeticError, ValueError) as e:
+            # a row written from SQL (every => '100000 years': no slot fits a datetime)
+            # skips only itself, never the schedules after it
             if self._bad.get(name) != key:
                 self._bad[name] = key
                 log.error("schedule %r cannot be evaluated and is not fired: %s", name, e)
             return
         self._bad.pop(name, None)
-        if next_slot is None:
-            slots, following = [], sched.next_after(now)
-        else:
-            slots, following = due_slots(sched, next_slot, now, catch_up=catch_up, limit=limit)
         ids = conn.execute(q("schedule_fire"), {"name": name, "expected": next_slot,
                                                  "slots": slots, "next_slot": following}
                            ).fetchone()[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -112,9 +113,19 @@ def main(conn: Any, app_spec: str, conninfo: str, cancel_id: Any) -> None:
     conn.send(("ready", os.getpid()))
     current: list[JobContext | None] = [None]
 
+    # The worker's end of the pipe lives only in the worker: when it hangs up, the
+    # worker is gone. The child's parent is the fork server, which every child keeps
+    # alive, so PR_SET_PDEATHSIG alone would let a busy child run on, and its job run
+    # twice once rescued.
+    hangup = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+    worker = select.poll()
+    worker.register(conn.fileno(), hangup)
+
     def watch_cancel() -> None:
         while True:
             time.sleep(CANCEL_POLL)
+            if any(ev & hangup for _, ev in worker.poll(0)):
+                os.kill(os.getpid(), signal.SIGKILL)
             ctx = current[0]
             if ctx is not None and cancel_id.value == ctx.job_id:
                 ctx._cancel.set()

@@ -66,6 +66,8 @@ class _Child:
         self.job: _Running | None = None
         self.deadline: float | None = None
         self.kill_at: float | None = None
+        #: its process ended (no new job goes to it)
+        self.exited = False
 
     def kill(self) -> None:
         try:
@@ -246,6 +248,9 @@ class ProcessExecutor:
         with self._lock:
             self._children.append(c)
         self._selector.register(parent_end.fileno(), selectors.EVENT_READ, c)
+        # its exit too: a grandchild the task forked holds the pipe open after the
+        # child dies, so the pipe's EOF alone may never come
+        self._selector.register(proc.sentinel, selectors.EVENT_READ, (c,))
         return c
 
     def _started(self, c: _Child, msg: tuple) -> None:
@@ -280,7 +285,7 @@ class ProcessExecutor:
     def _free(self, c: _Child) -> None:
         """``c`` can take a job: the next waiting one, or it waits."""
         with self._lock:
-            if c not in self._children:
+            if c not in self._children or c.exited:
                 return
             if self._pending:
                 self._assign(c, self._pending.popleft())
@@ -294,10 +299,11 @@ class ProcessExecutor:
                 self._children.remove(c)
             if c in self._idle:
                 self._idle.remove(c)
-        try:
-            self._selector.unregister(c.conn.fileno())
-        except (KeyError, ValueError, OSError):
-            pass
+        for fd in (c.conn, c.proc.sentinel):
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
         if retire and self._send(c, ("exit",)):
             self._retired.append((c, time.monotonic()))
         else:
@@ -350,7 +356,23 @@ class ProcessExecutor:
             if c is None:
                 os.read(self._poke_r, 512)
                 continue
-            if c.job is None and c.ready and c not in self._children:
+            if isinstance(c, tuple):     # the child exited: what it sent first still counts
+                c, = c
+                if c not in self._children:
+                    continue
+                with self._lock:       # no job goes to it any more
+                    c.exited = True
+                    if c in self._idle:
+                        self._idle.remove(c)
+                try:
+                    if c.conn.poll(0):
+                        self._message(c, c.conn.recv())
+                except (EOFError, OSError):
+                    pass
+                if c in self._children:
+                    self._died(c)
+                continue
+            if c not in self._children:   # replaced already (its exit seen first)
                 continue
             try:
                 msg = c.conn.recv()
