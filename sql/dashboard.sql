@@ -13,8 +13,9 @@
 -- name: overview_queues
 -- Per queue (every queue with unfinished jobs or a pgqueue.queues row): pending, ready
 -- (due now), waiting (due later), running, seconds since the oldest ready job became
--- due, paused, and the queue's other settings as JSON (columns added by later
--- migrations, such as limits, show up there without a change here).
+-- due, paused, its limits (periods in seconds) and, for a limited queue with ready
+-- jobs, how many of them its limits hold back now (pgqueue.queue_held_back, the column
+-- of pgqueue.queue_stats; that view counts finished jobs too, so it is not read here).
 with claimable as (
     select j.queue,
            count(*) filter (where j.run_at <= now()) as ready,
@@ -47,13 +48,29 @@ select n.queue,
        coalesce(r.running, 0) as running,
        c.oldest_ready_seconds,
        coalesce(q.paused, false) as paused,
-       to_jsonb(q) - 'name' - 'paused' - 'updated_at' as settings
+       q.concurrency, q.rate_limit, extract(epoch from q.rate_period)::float8 as rate_period,
+       q.partition_concurrency, q.partition_rate_limit,
+       extract(epoch from q.partition_rate_period)::float8 as partition_rate_period,
+       q.limits_set_by,
+       case when coalesce(c.ready, 0) = 0
+                 or (q.concurrency is null and q.rate_limit is null
+                     and q.partition_concurrency is null and q.partition_rate_limit is null)
+            then 0 else pgqueue.queue_held_back(n.queue) end as held_back
   from names n
   left join claimable c on c.queue = n.queue
   left join pending p on p.queue = n.queue
   left join running r on r.queue = n.queue
   left join pgqueue.queues q on q.name = n.queue
  order by n.queue;
+
+-- name: queue_limits
+-- One queue's limits (periods in seconds) and who set them; no row: never set.
+select q.name, q.concurrency, q.rate_limit, extract(epoch from q.rate_period)::float8 as rate_period,
+       q.partition_concurrency, q.partition_rate_limit,
+       extract(epoch from q.partition_rate_period)::float8 as partition_rate_period,
+       q.limits_set_by, q.updated_at
+  from pgqueue.queues q
+ where q.name = %(name)s;
 
 -- name: overview_throughput
 -- Jobs finished per minute of the last hour (0 = the current minute), queue and state.

@@ -9,6 +9,7 @@ pages go to each test's ``tmp_path``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import socket
@@ -238,6 +239,56 @@ def test_pause_and_resume_a_queue(dashboard, conn, page):
     assert paused() is False
 
 
+def test_set_and_clear_queue_limits(dashboard, conn, page):
+    insert_jobs(conn, 5, queue="mail")
+    conn.execute("insert into pgqueue.jobs (queue, task, state, worker_id, started_at, attempt, "
+                 "max_attempts) "
+                 "values ('mail', 'app.work', 'running', gen_random_uuid(), now(), 1, 3)")
+    page.goto(dashboard.url + "/")
+    page.click('tr[data-queue="mail"] td.limits a')
+    page.fill('input[name="concurrency"]', "3")
+    page.fill('input[name="rate"]', "10/1m")
+    page.fill('input[name="partition_concurrency"]', "1")
+    page.click('button:has-text("Set limits")')
+    page.wait_for_selector('#limits-now:has-text("concurrency 3")')
+    assert conn.execute(
+        "select concurrency, rate_limit, rate_period, partition_concurrency, "
+        "partition_rate_limit, limits_set_by from pgqueue.queues where name = 'mail'"
+    ).fetchone() == (3, 10, dt.timedelta(minutes=1), 1, None, "operator")
+    page.goto(dashboard.url + "/")
+    page.shot("overview-limits")
+    row = page.locator('tr[data-queue="mail"]')
+    assert row.locator("td.limits").inner_text() == (
+        "concurrency 3, rate 10/1m, per key 1 (operator)")
+    held, running = conn.execute("select held_back, running from pgqueue.queue_stats "
+                                 "where queue = 'mail'").fetchone()
+    assert (held, running) == (3, 1)   # 5 ready, 2 of 3 slots free
+    assert int(row.locator('td[data-count="held_back"]').inner_text()) == held
+    assert int(row.locator('td[data-count="running"]').inner_text()) == running
+    row.locator("td.limits a").click()
+    page.click('button:has-text("Clear limits")')
+    page.wait_for_selector('#limits-now:has-text("no limit")')
+    assert conn.execute(
+        "select concurrency, rate_limit, partition_concurrency, partition_rate_limit, "
+        "limits_set_by from pgqueue.queues where name = 'mail'").fetchone() == (
+        None, None, None, None, "operator")
+
+
+def test_bad_limits_are_refused_and_change_nothing(dashboard, conn):
+    conn.execute("select pgqueue.set_queue_limits('mail', concurrency => 4)")
+    with httpx.Client(base_url=dashboard.url, timeout=10) as client:
+        text = client.get("/queues/limits?name=mail").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', text).group(1)
+        for form in ({"concurrency": "0"}, {"rate": "fast"}, {"partition_rate": "5"},
+                     {"concurrency": "1; drop table pgqueue.jobs"}):
+            r = client.post("/queues/limits", data={"csrf_token": token, "name": "mail",
+                                                    **form})
+            assert r.status_code == 400, form
+        r = client.post("/queues/limits", data={"name": "mail", "concurrency": "1"})
+        assert r.status_code == 403
+    assert conn.execute("select concurrency from pgqueue.queues").fetchone() == (4,)
+
+
 def test_bulk_cancel_of_a_filter(dashboard, conn, page):
     target = insert_jobs(conn, 50, queue="bulk", state="scheduled", delay="1 hour")
     other = insert_jobs(conn, 5, queue="other", state="scheduled", delay="1 hour")
@@ -351,6 +402,7 @@ def test_read_only_hides_and_refuses_every_action(dsn, conn):
         for path, data in [(f"/jobs/{job_id}/retry", {}), (f"/jobs/{job_id}/cancel", {}),
                            ("/jobs/bulk", {"action": "cancel"}),
                            ("/queues/pause", {"name": "default"}),
+                           ("/queues/limits", {"name": "default", "concurrency": "1"}),
                            ("/schedules/pause", {"name": "nightly"}),
                            ("/schedules/trigger", {"name": "nightly"})]:
             assert client.post(path, data=data).status_code == 403, path

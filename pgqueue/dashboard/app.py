@@ -34,6 +34,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._sql import named, q
+from ..errors import PgQueueError
+from ..limits import QueueLimits, check_concurrency, parse_rate, rate_text
 from ._security import (CSRF_COOKIE, CSRF_FIELD, TOKEN_COOKIE, Auth, Csrf, SecurityHeaders,
                         authenticate, token_auth)
 from ._svg import throughput_chart, workflow_graph
@@ -97,6 +99,54 @@ def parse_filters(params: Any) -> dict[str, Any]:
             "workflow": _int(params.get("workflow"), "workflow"),
             "created_from": _time(params.get("created_from"), "created_from"),
             "created_to": _time(params.get("created_to"), "created_to")}
+
+
+LIMIT_FIELDS = ("concurrency", "rate", "partition_concurrency", "partition_rate")
+
+
+def limits_text(row: dict[str, Any]) -> list[str]:
+    """A queue's limits as short phrases (``concurrency 5``, ``rate 20/1s``...)."""
+    out = []
+    if row.get("concurrency") is not None:
+        out.append(f"concurrency {row['concurrency']}")
+    rate = rate_text(row.get("rate_limit"), row.get("rate_period"))
+    if rate:
+        out.append(f"rate {rate}")
+    if row.get("partition_concurrency") is not None:
+        out.append(f"per key {row['partition_concurrency']}")
+    rate = rate_text(row.get("partition_rate_limit"), row.get("partition_rate_period"))
+    if rate:
+        out.append(f"per key rate {rate}")
+    return out
+
+
+def limits_form(row: dict[str, Any]) -> dict[str, str]:
+    """The limits form's values for a queue's row (empty: no limit)."""
+    c, pc = row.get("concurrency"), row.get("partition_concurrency")
+    return {"concurrency": "" if c is None else str(c),
+            "rate": rate_text(row.get("rate_limit"), row.get("rate_period")) or "",
+            "partition_concurrency": "" if pc is None else str(pc),
+            "partition_rate": rate_text(row.get("partition_rate_limit"),
+                                        row.get("partition_rate_period")) or ""}
+
+
+def parse_limits(name: str, form: Any) -> QueueLimits:
+    """The limits form (empty field: no limit); raises :class:`BadRequest`."""
+    values: dict[str, Any] = {}
+    for field in LIMIT_FIELDS:
+        raw = (form.get(field) or "").strip()
+        if field.endswith("rate"):
+            try:
+                values[field] = parse_rate(raw) if raw else None
+            except (ValueError, PgQueueError) as e:
+                raise BadRequest(f"{field.replace('_', ' ')}: {e}") from None
+        else:
+            n = _int(raw, field.replace("_", " "), 1, 2**31 - 1)
+            values[field] = check_concurrency(n, field)
+    return QueueLimits(name=name, concurrency=values["concurrency"],
+                       rate_limit=values["rate"],
+                       partition_concurrency=values["partition_concurrency"],
+                       partition_rate_limit=values["partition_rate"])
 
 
 def _query_string(filters: dict[str, Any], **extra: Any) -> str:
@@ -272,18 +322,23 @@ class Dashboard:
         for r in finished:
             row = by_queue.setdefault(r["queue"], {
                 "queue": r["queue"], "pending": 0, "ready": 0, "waiting": 0, "running": 0,
-                "oldest_ready_seconds": None, "paused": False, "settings": {}})
+                "oldest_ready_seconds": None, "paused": False, "held_back": 0})
             row[r["state"]] = row.get(r["state"], 0) + r["jobs"]
         rows = [by_queue[k] for k in sorted(by_queue)]
         for row in rows:
             for state in ("completed", "discarded", "cancelled"):
                 row.setdefault(state, 0)
-            row["settings"] = {k: v for k, v in (row["settings"] or {}).items()
-                               if v is not None}
-        setting_names = sorted({k for r in rows for k in r["settings"]})
+            row["limits"] = limits_text(row)
         return self.render(request, "overview.html", queues=rows, totals=totals,
-                           setting_names=setting_names, chart=throughput_chart(finished),
-                           live=True)
+                           chart=throughput_chart(finished), live=True)
+
+    async def queue_limits(self, request: Request) -> Response:
+        name = _text(request.query_params.get("name"), "queue")
+        if name is None:
+            raise BadRequest("which queue? (the name parameter is empty)")
+        row = await self.fetchone(dq("queue_limits"), {"name": name}) or {"name": name}
+        return self.render(request, "queue_limits.html", name=name, row=row,
+                           limits=limits_text(row), form=limits_form(row))
 
     async def jobs(self, request: Request) -> Response:
         filters = parse_filters(request.query_params)
@@ -441,6 +496,23 @@ class Dashboard:
         self.audit(request, f"{'pause' if paused else 'resume'} queue {name!r}")
         return self.back(request, form.get("next"))
 
+    async def queue_limits_action(self, request: Request) -> Response:
+        form = request.scope["pgqueue_form"]
+        name = _text(form.get("name"), "queue")
+        if name is None:
+            raise BadRequest("which queue? (the form's name field is empty)")
+        if form.get("clear"):
+            limits = QueueLimits(name=name)
+        else:
+            limits = parse_limits(name, form)
+        try:
+            await self.fetch(q("set_queue_limits"), limits.params("operator"))
+        except psycopg.errors.InvalidParameterValue as e:
+            raise BadRequest(str(e).strip().splitlines()[0]) from None
+        self.audit(request, f"set limits of queue {name!r}: "
+                            f"{', '.join(limits_text(limits.params(None))) or 'none'}")
+        return self.back(request, form.get("next"))
+
     async def schedule_action(self, request: Request) -> Response:
         form = request.scope["pgqueue_form"]
         name = _text(form.get("name"), "schedule")
@@ -493,6 +565,8 @@ def create_app(dsn: str, *, read_only: bool = False, auth: Auth | str | None = N
         Route("/schedules/{action}", g(d.schedule_action, action=True),
               methods=["POST"]),
         Route("/workers", g(d.workers)),
+        Route("/queues/limits", g(d.queue_limits)),
+        Route("/queues/limits", g(d.queue_limits_action, action=True), methods=["POST"]),
         Route("/queues/{action}", g(d.queue_action, action=True), methods=["POST"]),
         Route("/login", d.login, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(resources.files("pgqueue.dashboard")
