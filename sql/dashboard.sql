@@ -178,6 +178,12 @@ select j.id, j.queue, j.task, j.state, j.priority, j.args, j.kwargs, j.result, j
        j.workflow_id, j.workflow_step, j.deps_pending, j.inputs, j.schedule_name,
        j.schedule_slot, to_jsonb(j) -> 'meta' as meta,
        w.name as workflow_name, w.state as workflow_state,
+       w.batch_seal_job_id is not null as in_batch,
+       case when w.batch_seal_job_id is null then null
+            when j.id = w.batch_seal_job_id then 'seal'
+            when j.id = w.batch_callback_job_id then 'callback'
+            when j.inputs = 'error' then 'on_error'
+            else 'member' end as batch_role,
        k.name as worker_name, k.hostname as worker_hostname, k.pid as worker_pid,
        (select coalesce(array_agg(d.depends_on order by d.depends_on), '{}')
           from pgqueue.job_dependencies d where d.job_id = j.id) as depends_on,
@@ -200,7 +206,8 @@ select w.id, w.name, w.state, w.created_at, w.finished_at, w.total, w.remaining,
 
 -- name: workflow
 select w.id, w.name, w.state, w.created_at, w.finished_at, w.total, w.remaining,
-       w.completed, w.discarded, w.cancelled, w.failed_job_ids, w.on_error_job_id
+       w.completed, w.discarded, w.cancelled, w.failed_job_ids, w.on_error_job_id,
+       w.batch_seal_job_id is not null as is_batch
   from pgqueue.workflows w
  where w.id = %(id)s;
 
@@ -230,3 +237,40 @@ select w.id, w.name, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.star
          where j.worker_id = w.id and j.state = 'running') as running
   from pgqueue.workers w
  order by w.name, w.started_at;
+
+-- name: batches_page
+-- One page of batches, newest first, after the keyset cursor; member counts from
+-- pgqueue.batches (each batch's members are counted on jobs_workflow_idx).
+select b.batch_id, b.name, b.state, b.workflow_state, b.members, b.completed, b.discarded,
+       b.cancelled, b.unfinished, b.callback_job_id, b.callback_task, b.callback_state,
+       b.created_at, b.sealed_at, b.finished_at
+  from pgqueue.batches b
+ where (%(state)s::text is null or b.state = %(state)s)
+   and (%(before_id)s::bigint is null or b.batch_id < %(before_id)s)
+ order by b.batch_id desc
+ limit %(limit)s;
+
+-- name: batch
+select b.batch_id, b.name, b.state, b.workflow_state, b.members, b.completed, b.discarded,
+       b.cancelled, b.unfinished, b.callback_job_id, b.callback_task, b.callback_state,
+       b.on_error_job_id, b.created_at, b.sealed_at, b.finished_at,
+       w.batch_seal_job_id as seal_job_id, w.remaining
+  from pgqueue.batches b
+  join pgqueue.workflows w on w.id = b.batch_id
+ where b.batch_id = %(id)s;
+
+-- name: batch_members
+-- One page of a batch's member steps (members and the steps that replaced them) in the
+-- order they were added, after the keyset cursor (jobs_workflow_idx).
+select j.id as job_id, j.workflow_step as step, j.task, j.queue, j.state, j.attempt,
+       j.max_attempts, j.created_at, j.finished_at, j.partition_key,
+       j.errors -> -1 ->> 'message' as last_error
+  from pgqueue.jobs j
+  join pgqueue.workflows w on w.id = j.workflow_id
+ where j.workflow_id = %(id)s
+   and j.id <> w.batch_seal_job_id
+   and j.id is distinct from w.batch_callback_job_id
+   and j.inputs <> 'error'
+   and (%(after_id)s::bigint is null or j.id > %(after_id)s)
+ order by j.id
+ limit %(limit)s;

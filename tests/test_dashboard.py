@@ -330,6 +330,42 @@ def test_workflow_graph_links_each_step_to_its_job(dashboard, app, conn, page):
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
 
 
+def test_batch_page_from_a_member(dashboard, app, conn, page):
+    @app.task(name="dash.member")
+    def member(i):
+        return i
+
+    @app.task(name="dash.report")
+    def report(xs):
+        return xs
+
+    batch = app.batch(callback=report.s(), name="import <i>x</i>")
+    ids = batch.add(*(member.s(i) for i in range(3)))
+    page.goto(f"{dashboard.url}/jobs/{ids[0]}")
+    page.click("#batch-link")
+    page.wait_for_url(f"**/batches/{batch.id}")
+    assert "open" in page.inner_text("h1") and "import <i>x</i>" in page.inner_text("h1")
+    assert [int(x) for x in page.locator("table.members tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")] == ids
+    conn.execute("select pgqueue.cancel(%s)", (ids[1],))
+    batch.seal()
+    page.reload()
+    page.shot("batch")
+    row = conn.execute("select state, members, completed, discarded, cancelled, unfinished, "
+                       "callback_job_id, callback_state from pgqueue.batches "
+                       "where batch_id = %s", (batch.id,)).fetchone()
+    assert row[:6] == ("sealed", 3, 0, 0, 1, 2)
+    assert "sealed" in page.inner_text("h1")
+    shown = tuple(int(page.inner_text(f'#batch-facts dd[data-count="{n}"]')) for n in
+                  ("members", "completed", "discarded", "cancelled", "unfinished"))
+    assert shown == row[1:6]
+    assert page.inner_text("#callback") == f"{row[6]} dash.report {row[7]}"
+    page.goto(f"{dashboard.url}/batches?state=sealed")
+    assert page.locator(f'tr[data-batch-id="{batch.id}"]').count() == 1
+    page.goto(f"{dashboard.url}/batches?state=open")
+    assert page.locator("tr[data-batch-id]").count() == 0
+
+
 def test_hostile_values_render_as_text(dashboard, conn, page):
     hostile = "<script>alert(1)</script>"
     (job_id,) = conn.execute(
@@ -353,7 +389,8 @@ def test_hostile_query_strings_are_refused_cleanly(dashboard):
              "/jobs?workflow=1e3", "/jobs?sort=random()", "/jobs?sort=run_at&state=scheduled"
              "&after=x,1", "/jobs/0", "/jobs/abc", "/jobs/99999999999999999999",
              "/workflows?before=%00", "/workflows/-3", "/jobs/bulk?action=drop",
-             "/jobs?queue=%00", "/jobs?task=" + "x" * 600]
+             "/jobs?queue=%00", "/jobs?task=" + "x" * 600, "/batches?state=x",
+             "/batches/1x", "/batches/7?after=-1", "/queues/limits?name="]
     for path in cases:
         r = dashboard.get(path)
         assert r.status_code in (400, 404), (path, r.status_code)

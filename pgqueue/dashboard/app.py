@@ -1,11 +1,13 @@
 """The dashboard's ASGI application: pages (GET) and actions (POST), over one pool.
 
 Pages: ``/`` overview, ``/jobs`` (filters, keyset pages), ``/jobs/{id}``, ``/workflows``,
-``/workflows/{id}`` (an SVG graph), ``/schedules``, ``/workers``. Actions, each a POST
+``/workflows/{id}`` (an SVG graph), ``/batches``, ``/batches/{id}`` (counts, callback,
+members), ``/queues/limits?name=``, ``/schedules``, ``/workers``. Actions, each a POST
 that needs the page's CSRF token and is refused in read-only mode: retry or cancel a
 job, bulk retry or cancel of a filter (``/jobs/bulk``: a confirmation with the count,
-then one statement), pause or resume a queue, pause, resume or trigger a schedule. Each
-action is logged on the ``pgqueue.dashboard`` logger with the user who did it.
+then one statement), pause or resume a queue, set or clear its limits, pause, resume or
+trigger a schedule. Each action is logged on the ``pgqueue.dashboard`` logger with the
+user who did it.
 
 Queries live in ``sql/dashboard.sql`` (reads) and ``sql/queries.sql`` (the actions the
 command line runs too). Connections never prepare statements: the list filters are
@@ -414,6 +416,38 @@ class Dashboard:
         return self.render(request, "workflow.html", wf=wf, steps=steps, more=more,
                            graph=workflow_graph(steps), live=wf["state"] == "running")
 
+    async def batches(self, request: Request) -> Response:
+        state = request.query_params.get("state") or None
+        if state not in (None, "open", "sealed", "finished"):
+            raise BadRequest("state must be open, sealed or finished")
+        before = _int(request.query_params.get("before"), "before")
+        rows = await self.fetch(dq("batches_page"),
+                                {"state": state, "before_id": before, "limit": PAGE + 1})
+        next_url = None
+        if len(rows) > PAGE:
+            rows = rows[:PAGE]
+            next_url = "?" + urlencode({k: v for k, v in
+                                        {"state": state, "before": rows[-1]["batch_id"]}.items()
+                                        if v is not None})
+        return self.render(request, "batches.html", batches=rows, state=state,
+                           next_url=next_url)
+
+    async def batch(self, request: Request) -> Response:
+        batch_id = _int(request.path_params["id"], "batch id")
+        b = await self.fetchone(dq("batch"), {"id": batch_id})
+        if b is None:
+            return self.error(request, 404, f"No batch {batch_id} (a workflow id that is "
+                              "not a batch, or pruned).")
+        after = _int(request.query_params.get("after"), "after")
+        members = await self.fetch(dq("batch_members"),
+                                   {"id": batch_id, "after_id": after, "limit": PAGE + 1})
+        next_url = None
+        if len(members) > PAGE:
+            members = members[:PAGE]
+            next_url = "?" + urlencode({"after": members[-1]["job_id"]})
+        return self.render(request, "batch.html", b=b, members=members, next_url=next_url,
+                           paged=after is not None, live=b["state"] != "finished")
+
     async def schedules(self, request: Request) -> Response:
         rows = await self.fetch(dq("schedules"))
         now = rows[0]["now"] if rows else None
@@ -561,6 +595,8 @@ def create_app(dsn: str, *, read_only: bool = False, auth: Auth | str | None = N
         Route("/jobs/{id}/{action}", g(d.job_action, action=True), methods=["POST"]),
         Route("/workflows", g(d.workflows)),
         Route("/workflows/{id}", g(d.workflow)),
+        Route("/batches", g(d.batches)),
+        Route("/batches/{id}", g(d.batch)),
         Route("/schedules", g(d.schedules)),
         Route("/schedules/{action}", g(d.schedule_action, action=True),
               methods=["POST"]),
