@@ -94,13 +94,15 @@ select greatest((select c.reltuples from pg_class c where c.oid = 'pgqueue.jobs'
 -- name: jobs_page
 -- One page of the job list, newest first, after the keyset cursor (the last id shown).
 select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.run_at,
-       j.created_at, j.finished_at, j.workflow_id, j.schedule_name,
+       j.created_at, j.finished_at, j.workflow_id, j.schedule_name, j.partition_key,
        j.errors -> -1 ->> 'message' as last_error
   from pgqueue.jobs j
  where (%(state)s::text is null or j.state = %(state)s)
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
    and (%(before_id)s::bigint is null or j.id < %(before_id)s)
@@ -111,7 +113,7 @@ select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.
 -- One page of scheduled or retryable jobs, soonest first, after the keyset cursor
 -- (run_at, id), read from jobs_due_later_idx.
 select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.run_at,
-       j.created_at, j.finished_at, j.workflow_id, j.schedule_name,
+       j.created_at, j.finished_at, j.workflow_id, j.schedule_name, j.partition_key,
        j.errors -> -1 ->> 'message' as last_error
   from pgqueue.jobs j
  where j.state in ('scheduled', 'retryable')
@@ -119,6 +121,8 @@ select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
    and (%(after_run_at)s::timestamptz is null
@@ -135,6 +139,8 @@ select count(*)
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s);
 
@@ -149,6 +155,8 @@ select count(*)
            and (%(queue)s::text is null or j.queue = %(queue)s)
            and (%(task)s::text is null or j.task = %(task)s)
            and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+           and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+           and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
            and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
          order by j.id) c
@@ -165,6 +173,8 @@ select count(*)
            and (%(queue)s::text is null or j.queue = %(queue)s)
            and (%(task)s::text is null or j.task = %(task)s)
            and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+           and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+           and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
            and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
          order by j.id) r
@@ -176,7 +186,7 @@ select j.id, j.queue, j.task, j.state, j.priority, j.args, j.kwargs, j.result, j
        j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finished_at,
        j.timeout::text as timeout, j.unique_key, j.worker_id, j.cancel_requested_at,
        j.workflow_id, j.workflow_step, j.deps_pending, j.inputs, j.schedule_name,
-       j.schedule_slot, to_jsonb(j) -> 'meta' as meta,
+       j.schedule_slot, j.meta, j.partition_key, j.debounce_key,
        w.name as workflow_name, w.state as workflow_state,
        w.batch_seal_job_id is not null as in_batch,
        case when w.batch_seal_job_id is null then null

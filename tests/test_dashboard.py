@@ -196,6 +196,34 @@ def test_filter_and_keyset_pagination(dashboard, conn, page):
     assert seen == sorted(wanted, reverse=True)
 
 
+def test_filter_by_partition_key_and_schedule(dashboard, conn, page):
+    acme = [conn.execute("select pgqueue.enqueue('app.bill', jsonb_build_array(%s), "
+                         "partition_key => 'acme', meta => '{\"tenant\": \"acme\"}')",
+                         (i,)).fetchone()[0] for i in range(3)]
+    conn.execute("select pgqueue.enqueue('app.bill', '[9]', partition_key => 'acme-2')")
+    conn.execute("select pgqueue.enqueue('app.bill', '[8]', partition_key => 'globex')")
+    nightly = conn.execute(
+        "insert into pgqueue.jobs (task, schedule_name, schedule_slot) select 'app.report', "
+        "'nightly', timestamptz '2024-05-01 03:00Z' + i * interval '1 day' "
+        "from generate_series(0, 1) i returning id").fetchall()
+    page.goto(dashboard.url + "/jobs")
+    page.fill('input[name="partition_key"]', "acme")
+    page.click('form.filters button[type="submit"]')
+    page.wait_for_url(re.compile(r"partition_key=acme"))
+    ids = [int(x) for x in page.locator("tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")]
+    assert ids == sorted(acme, reverse=True)
+    page.click(f'tr[data-job-id="{acme[0]}"] a')
+    assert page.inner_text("#partition-key") == "acme"
+    assert '"tenant": "acme"' in page.inner_text("#meta")
+    page.goto(dashboard.url + "/jobs?schedule=nightly")
+    ids = [int(x) for x in page.locator("tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")]
+    assert ids == sorted((r[0] for r in nightly), reverse=True)
+    page.click(f'tr[data-job-id="{nightly[0][0]}"] a')
+    assert "nightly, slot 2024-05-01 03:00:00Z" in page.inner_text("dl.facts")
+
+
 def test_job_page_shows_traceback_and_retry_runs_it_again(dsn, app, start_worker, page, conn):
     @app.task(pass_context=True, max_attempts=1, name="dash.flaky")
     def flaky(ctx, n):

@@ -53,7 +53,8 @@ MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 #: steps drawn in a workflow graph; a larger workflow lists the rest
 GRAPH_STEPS = 300
-FILTERS = ("state", "queue", "task", "workflow", "created_from", "created_to")
+FILTERS = ("state", "queue", "task", "workflow", "partition_key", "schedule", "created_from",
+           "created_to")
 
 
 def dq(name: str) -> str:
@@ -99,6 +100,8 @@ def parse_filters(params: Any) -> dict[str, Any]:
     return {"state": state, "queue": _text(params.get("queue"), "queue"),
             "task": _text(params.get("task"), "task"),
             "workflow": _int(params.get("workflow"), "workflow"),
+            "partition_key": _text(params.get("partition_key"), "partition_key"),
+            "schedule": _text(params.get("schedule"), "schedule"),
             "created_from": _time(params.get("created_from"), "created_from"),
             "created_to": _time(params.get("created_to"), "created_to")}
 
