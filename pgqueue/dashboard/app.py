@@ -17,6 +17,7 @@ optional parameters that must fold away at planning.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -53,6 +54,11 @@ MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 #: steps drawn in a workflow graph; a larger workflow lists the rest
 GRAPH_STEPS = 300
+CONNECTION_OPTIONS = {"autocommit": True, "prepare_threshold": None,
+                      "application_name": "pgqueue dashboard"}
+#: the request's own connection when the dashboard runs without a pool (pool_size=0)
+_request_connection: contextvars.ContextVar[psycopg.AsyncConnection | None] = (
+    contextvars.ContextVar("pgqueue_dashboard_connection", default=None))
 FILTERS = ("state", "queue", "task", "workflow", "partition_key", "schedule", "created_from",
            "created_to")
 
@@ -225,9 +231,7 @@ class Dashboard:
                 if self._pool is None:
                     pool = AsyncConnectionPool(
                         self.dsn, min_size=1, max_size=self.pool_size, open=False,
-                        kwargs={"autocommit": True, "prepare_threshold": None,
-                                "application_name": "pgqueue dashboard"},
-                        configure=_configure)
+                        kwargs=CONNECTION_OPTIONS, configure=_configure)
                     await pool.open(wait=True, timeout=15)
                     self._pool = pool
         return self._pool
@@ -238,10 +242,18 @@ class Dashboard:
             self._pool = None
 
     async def fetch(self, sql: str, params: dict | None = None) -> list[dict]:
+        if self.pool_size == 0:
+            # one connection per request, opened at its first query and closed by guard()
+            # (hosts that run each request in a new event loop, such as Django under WSGI)
+            conn = _request_connection.get()
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=15,
+                                                             **CONNECTION_OPTIONS)
+                await _configure(conn)
+                _request_connection.set(conn)
+            return await _fetch(conn, sql, params)
         async with (await self.pool()).connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql, params or {})
-            return await cur.fetchall()
+            return await _fetch(conn, sql, params)
 
     async def fetchone(self, sql: str, params: dict | None = None) -> dict | None:
         rows = await self.fetch(sql, params)
@@ -283,35 +295,46 @@ class Dashboard:
     def guard(self, endpoint: Callable[[Request], Awaitable[Response]], *,
               action: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
+            reset = _request_connection.set(None)
             try:
-                user = await authenticate(self.auth, request)
-                if user is None:
-                    if request.method == "POST":
-                        log.warning("dashboard: refused unauthenticated POST %s from %s",
-                                    request.url.path, _client(request))
-                    return self.render(request, "login.html", status=401,
-                                       wrong=False, next=request.url.path)
-                request.scope["pgqueue_user"] = user
-                if action:
-                    if self.read_only:
-                        return self.error(request, 403,
-                                          "This dashboard is read-only: actions are off.")
-                    form = await request.form()
-                    if not self.csrf.valid(request, form.get(CSRF_FIELD)):
-                        log.warning("dashboard: refused POST %s without a valid CSRF token "
-                                    "(user %s, from %s)", request.url.path, user,
-                                    _client(request))
-                        return self.error(request, 403, "The form's CSRF token is missing "
-                                          "or stale: reload the page and try again.")
-                    request.scope["pgqueue_form"] = form
-                return await endpoint(request)
-            except BadRequest as e:
-                return self.error(request, 400, str(e))
-            except psycopg.OperationalError as e:
-                log.error("dashboard: database unavailable: %s", str(e).strip())
-                return self.error(request, 503, "The database does not answer; retry in "
-                                  "a moment.")
+                return await self._guarded(endpoint, action, request)
+            finally:
+                conn = _request_connection.get()
+                _request_connection.reset(reset)
+                if conn is not None:
+                    await conn.close()
         return guarded
+
+    async def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]],
+                       action: bool, request: Request) -> Response:
+        try:
+            user = await authenticate(self.auth, request)
+            if user is None:
+                if request.method == "POST":
+                    log.warning("dashboard: refused unauthenticated POST %s from %s",
+                                request.url.path, _client(request))
+                return self.render(request, "login.html", status=401,
+                                   wrong=False, next=request.url.path)
+            request.scope["pgqueue_user"] = user
+            if action:
+                if self.read_only:
+                    return self.error(request, 403,
+                                      "This dashboard is read-only: actions are off.")
+                form = await request.form()
+                if not self.csrf.valid(request, form.get(CSRF_FIELD)):
+                    log.warning("dashboard: refused POST %s without a valid CSRF token "
+                                "(user %s, from %s)", request.url.path, user,
+                                _client(request))
+                    return self.error(request, 403, "The form's CSRF token is missing "
+                                      "or stale: reload the page and try again.")
+                request.scope["pgqueue_form"] = form
+            return await endpoint(request)
+        except BadRequest as e:
+            return self.error(request, 400, str(e))
+        except psycopg.OperationalError as e:
+            log.error("dashboard: database unavailable: %s", str(e).strip())
+            return self.error(request, 503, "The database does not answer; retry in "
+                              "a moment.")
 
     def audit(self, request: Request, what: str) -> None:
         log.info("dashboard action: %s by %s from %s", what,
@@ -571,6 +594,12 @@ class Dashboard:
             return self.error(request, 404, f"No schedule named {name!r}.")
         self.audit(request, what)
         return self.back(request, form.get("next"))
+
+
+async def _fetch(conn: psycopg.AsyncConnection, sql: str, params: dict | None) -> list[dict]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(sql, params or {})
+    return await cur.fetchall()
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
