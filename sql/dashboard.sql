@@ -244,7 +244,11 @@ select w.id, w.name, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.star
        extract(epoch from now() - w.heartbeat_at)::float8 as heartbeat_age,
        w.heartbeat_at > now() - coalesce(w.stale_after, interval '10 seconds') as alive,
        (select count(*) from pgqueue.jobs j
-         where j.worker_id = w.id and j.state = 'running') as running
+         where j.worker_id = w.id and j.state = 'running') as running,
+       (select coalesce(array_agg(r.id order by r.id), '{}')
+          from (select j.id from pgqueue.jobs j
+                 where j.worker_id = w.id and j.state = 'running'
+                 order by j.id limit 10) r) as running_ids
   from pgqueue.workers w
  order by w.name, w.started_at;
 

@@ -394,6 +394,25 @@ def test_batch_page_from_a_member(dashboard, app, conn, page):
     assert page.locator("tr[data-batch-id]").count() == 0
 
 
+def test_workers_page_links_each_running_job(dashboard, conn, page):
+    (worker,) = conn.execute(
+        "insert into pgqueue.workers (id, name, hostname, pid, queues, tasks, concurrency) "
+        "values (gen_random_uuid(), 'w-1', 'host-a', 42, '{mail}', '{app.a,app.b}', 4) "
+        "returning id").fetchone()
+    running = [r[0] for r in conn.execute(
+        "insert into pgqueue.jobs (queue, task, state, worker_id, started_at, attempt, "
+        "max_attempts) select 'mail', 'app.a', 'running', %s, now(), 1, 3 "
+        "from generate_series(1, 2) returning id", (worker,)).fetchall()]
+    page.goto(dashboard.url + "/workers")
+    row = page.locator("tr", has_text="w-1")
+    assert "host-a" in row.inner_text() and "mail" in row.inner_text()
+    links = row.locator("td.running a")
+    assert [int(x) for x in links.all_inner_texts()] == running
+    links.first.click()
+    page.wait_for_url(f"**/jobs/{running[0]}")
+    assert "host-a, pid 42" in page.inner_text("dl.facts")
+
+
 def test_hostile_values_render_as_text(dashboard, conn, page):
     hostile = "<script>alert(1)</script>"
     (job_id,) = conn.execute(
