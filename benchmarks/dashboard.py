@@ -39,7 +39,7 @@ TARGET_MS = 200.0
 
 FILL = """
 insert into pgqueue.jobs (queue, task, args, kwargs, state, run_at, created_at, started_at,
-                          finished_at, attempt, errors, result)
+                          finished_at, attempt, errors, result, partition_key)
 select 'q' || (i %% 4), 'app.tasks.task_' || (i %% 20), jsonb_build_array(i, 'x'),
        jsonb_build_object('n', i),
        case when i %% 100 = 0 then 'cancelled' when i %% 20 = 0 then 'discarded'
@@ -49,7 +49,8 @@ select 'q' || (i %% 4), 'app.tasks.task_' || (i %% 20), jsonb_build_array(i, 'x'
            'at', t, 'attempt', 1, 'type', 'ValueError', 'message', 'boom ' || i,
            'traceback', 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: boom'))
             else '[]' end,
-       case when i %% 20 <> 0 then to_jsonb(i) end
+       case when i %% 20 <> 0 then to_jsonb(i) end,
+       case when i %% 2 = 0 then 'tenant-' || (i %% 10007) end
   from (select i, now() - interval '7 days' + (i::float8 / %(n)s) * interval '7 days' as t
           from generate_series(1, %(n)s) i) s
 """
@@ -87,6 +88,10 @@ def fill(dsn: str, finished: int, waiting: int) -> None:
         for i in range(10):
             conn.execute("select pgqueue.add_schedule(%s, 'app.tasks.report', "
                          "cron => '*/5 * * * *')", (f"report-{i}",))
+        conn.execute("update pgqueue.jobs set schedule_name = 'report-1', "
+                     "schedule_slot = created_at where id % 5000 = 0 and finished_at is not null")
+        conn.execute("select pgqueue.set_queue_limits('q1', concurrency => 5, rate_limit => 100, "
+                     "rate_period => '1 minute', partition_concurrency => 1)")
         t = time.perf_counter()
         conn.execute("vacuum analyze pgqueue.jobs")
         print(f"vacuum analyze in {time.perf_counter() - t:.1f} s", flush=True)
@@ -104,6 +109,11 @@ def total(xs): return sum(xs)
 for k in range(50):
     chord([part.s(i) for i in range(20)], total.s()).enqueue(name=f"chord {k}")
     chain(*[part.si(i) for i in range(5)]).enqueue(name=f"chain {k}")
+for k in range(20):
+    batch = app.batch(callback=total.s(), name=f"batch {k}")
+    batch.add(*[part.s(i) for i in range(100)])
+    if k % 2:
+        batch.seal()
 app.close()
 """
 
@@ -114,7 +124,9 @@ def pages(dsn: str) -> list[tuple[str, str]]:
                            "order by id offset 500000 limit 1").fetchone()
         discarded = conn.execute("select id from pgqueue.jobs where state = 'discarded' "
                                  "order by id desc limit 1").fetchone()[0]
-        wf = conn.execute("select max(id) from pgqueue.workflows").fetchone()[0]
+        wf = conn.execute("select max(id) from pgqueue.workflows "
+                          "where batch_seal_job_id is null").fetchone()[0]
+        batch = conn.execute("select max(batch_id) from pgqueue.batches").fetchone()[0]
     mid_id = mid[0] if mid else 1
     return [
         ("overview", "/"),
@@ -133,6 +145,11 @@ def pages(dsn: str) -> list[tuple[str, str]]:
         ("workflow graph (21 steps)", f"/workflows/{wf - 1}"),
         ("schedules", "/schedules"),
         ("workers", "/workers"),
+        ("batches", "/batches"),
+        ("batch (100 members)", f"/batches/{batch}"),
+        ("jobs, partition key", "/jobs?partition_key=tenant-17"),
+        ("jobs, schedule", "/jobs?schedule=report-1"),
+        ("queue limits", "/queues/limits?name=q1"),
         ("jobs, a task with no job", "/jobs?task=app.tasks.none"),
         ("bulk retry count, discarded of q1", "/jobs/bulk?action=retry&state=discarded&queue=q1"),
     ]

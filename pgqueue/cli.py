@@ -681,17 +681,9 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
                       "limits", "held_back"])
 
 
-def _rate_text(count: int | None, period: float | None) -> str | None:
-    if count is None or period is None:
-        return None
-    for unit, secs in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if period >= secs and period % secs == 0:
-            return f"{count}/{period / secs:g}{unit}"
-    return f"{count}/{period * 1000:g}ms"
-
-
 def _limits_text(r: dict[str, Any]) -> str:
     """One queue's limits, as `pgqueue queues set` takes them ("-": none)."""
+    from .limits import rate_text as _rate_text
     parts = []
     if r.get("concurrency") is not None:
         parts.append(f"concurrency={r['concurrency']}")

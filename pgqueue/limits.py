@@ -21,7 +21,7 @@ from ._sql import q
 from .errors import ConfigurationError
 
 __all__ = ["QueueLimits", "apply_declarations", "apply_queue_declarations", "parse_rate",
-           "task_concurrency"]
+           "rate_text", "task_concurrency"]
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -88,6 +88,16 @@ def parse_rate(text: str) -> tuple[int, float] | None:
                          f"got {text!r}")
     period = float(m.group(2) or 1) * _UNITS[m.group(3)]
     return check_rate((int(m.group(1)), period), "the rate")
+
+
+def rate_text(count: int | None, period: float | None) -> str | None:
+    """A rate as :func:`parse_rate` reads it (``20/1s``, ``1000/1h``), or ``None``."""
+    if count is None or period is None:
+        return None
+    for unit, secs in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if period >= secs and period % secs == 0:
+            return f"{count}/{period / secs:g}{unit}"
+    return f"{count}/{period * 1000:g}ms"
 
 
 def declare(app: Any, name: str, concurrency: Any, rate_limit: Any,

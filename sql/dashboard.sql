@@ -13,8 +13,9 @@
 -- name: overview_queues
 -- Per queue (every queue with unfinished jobs or a pgqueue.queues row): pending, ready
 -- (due now), waiting (due later), running, seconds since the oldest ready job became
--- due, paused, and the queue's other settings as JSON (columns added by later
--- migrations, such as limits, show up there without a change here).
+-- due, paused, its limits (periods in seconds) and, for a limited queue with ready
+-- jobs, how many of them its limits hold back now (pgqueue.queue_held_back, the column
+-- of pgqueue.queue_stats; that view counts finished jobs too, so it is not read here).
 with claimable as (
     select j.queue,
            count(*) filter (where j.run_at <= now()) as ready,
@@ -47,13 +48,29 @@ select n.queue,
        coalesce(r.running, 0) as running,
        c.oldest_ready_seconds,
        coalesce(q.paused, false) as paused,
-       to_jsonb(q) - 'name' - 'paused' - 'updated_at' as settings
+       q.concurrency, q.rate_limit, extract(epoch from q.rate_period)::float8 as rate_period,
+       q.partition_concurrency, q.partition_rate_limit,
+       extract(epoch from q.partition_rate_period)::float8 as partition_rate_period,
+       q.limits_set_by,
+       case when coalesce(c.ready, 0) = 0
+                 or (q.concurrency is null and q.rate_limit is null
+                     and q.partition_concurrency is null and q.partition_rate_limit is null)
+            then 0 else pgqueue.queue_held_back(n.queue) end as held_back
   from names n
   left join claimable c on c.queue = n.queue
   left join pending p on p.queue = n.queue
   left join running r on r.queue = n.queue
   left join pgqueue.queues q on q.name = n.queue
  order by n.queue;
+
+-- name: queue_limits
+-- One queue's limits (periods in seconds) and who set them; no row: never set.
+select q.name, q.concurrency, q.rate_limit, extract(epoch from q.rate_period)::float8 as rate_period,
+       q.partition_concurrency, q.partition_rate_limit,
+       extract(epoch from q.partition_rate_period)::float8 as partition_rate_period,
+       q.limits_set_by, q.updated_at
+  from pgqueue.queues q
+ where q.name = %(name)s;
 
 -- name: overview_throughput
 -- Jobs finished per minute of the last hour (0 = the current minute), queue and state.
@@ -77,13 +94,15 @@ select greatest((select c.reltuples from pg_class c where c.oid = 'pgqueue.jobs'
 -- name: jobs_page
 -- One page of the job list, newest first, after the keyset cursor (the last id shown).
 select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.run_at,
-       j.created_at, j.finished_at, j.workflow_id, j.schedule_name,
+       j.created_at, j.finished_at, j.workflow_id, j.schedule_name, j.partition_key,
        j.errors -> -1 ->> 'message' as last_error
   from pgqueue.jobs j
  where (%(state)s::text is null or j.state = %(state)s)
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
    and (%(before_id)s::bigint is null or j.id < %(before_id)s)
@@ -94,7 +113,7 @@ select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.
 -- One page of scheduled or retryable jobs, soonest first, after the keyset cursor
 -- (run_at, id), read from jobs_due_later_idx.
 select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.run_at,
-       j.created_at, j.finished_at, j.workflow_id, j.schedule_name,
+       j.created_at, j.finished_at, j.workflow_id, j.schedule_name, j.partition_key,
        j.errors -> -1 ->> 'message' as last_error
   from pgqueue.jobs j
  where j.state in ('scheduled', 'retryable')
@@ -102,6 +121,8 @@ select j.id, j.queue, j.task, j.state, j.attempt, j.max_attempts, j.priority, j.
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
    and (%(after_run_at)s::timestamptz is null
@@ -118,6 +139,8 @@ select count(*)
    and (%(queue)s::text is null or j.queue = %(queue)s)
    and (%(task)s::text is null or j.task = %(task)s)
    and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+   and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+   and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
    and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
    and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s);
 
@@ -132,6 +155,8 @@ select count(*)
            and (%(queue)s::text is null or j.queue = %(queue)s)
            and (%(task)s::text is null or j.task = %(task)s)
            and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+           and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+           and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
            and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
          order by j.id) c
@@ -148,6 +173,8 @@ select count(*)
            and (%(queue)s::text is null or j.queue = %(queue)s)
            and (%(task)s::text is null or j.task = %(task)s)
            and (%(workflow)s::bigint is null or j.workflow_id = %(workflow)s)
+           and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
+           and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
            and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
          order by j.id) r
@@ -159,8 +186,14 @@ select j.id, j.queue, j.task, j.state, j.priority, j.args, j.kwargs, j.result, j
        j.attempt, j.max_attempts, j.run_at, j.created_at, j.started_at, j.finished_at,
        j.timeout::text as timeout, j.unique_key, j.worker_id, j.cancel_requested_at,
        j.workflow_id, j.workflow_step, j.deps_pending, j.inputs, j.schedule_name,
-       j.schedule_slot, to_jsonb(j) -> 'meta' as meta,
+       j.schedule_slot, j.meta, j.partition_key, j.debounce_key,
        w.name as workflow_name, w.state as workflow_state,
+       w.batch_seal_job_id is not null as in_batch,
+       case when w.batch_seal_job_id is null then null
+            when j.id = w.batch_seal_job_id then 'seal'
+            when j.id = w.batch_callback_job_id then 'callback'
+            when j.inputs = 'error' then 'on_error'
+            else 'member' end as batch_role,
        k.name as worker_name, k.hostname as worker_hostname, k.pid as worker_pid,
        (select coalesce(array_agg(d.depends_on order by d.depends_on), '{}')
           from pgqueue.job_dependencies d where d.job_id = j.id) as depends_on,
@@ -183,7 +216,8 @@ select w.id, w.name, w.state, w.created_at, w.finished_at, w.total, w.remaining,
 
 -- name: workflow
 select w.id, w.name, w.state, w.created_at, w.finished_at, w.total, w.remaining,
-       w.completed, w.discarded, w.cancelled, w.failed_job_ids, w.on_error_job_id
+       w.completed, w.discarded, w.cancelled, w.failed_job_ids, w.on_error_job_id,
+       w.batch_seal_job_id is not null as is_batch
   from pgqueue.workflows w
  where w.id = %(id)s;
 
@@ -210,6 +244,47 @@ select w.id, w.name, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.star
        extract(epoch from now() - w.heartbeat_at)::float8 as heartbeat_age,
        w.heartbeat_at > now() - coalesce(w.stale_after, interval '10 seconds') as alive,
        (select count(*) from pgqueue.jobs j
-         where j.worker_id = w.id and j.state = 'running') as running
+         where j.worker_id = w.id and j.state = 'running') as running,
+       (select coalesce(array_agg(r.id order by r.id), '{}')
+          from (select j.id from pgqueue.jobs j
+                 where j.worker_id = w.id and j.state = 'running'
+                 order by j.id limit 10) r) as running_ids
   from pgqueue.workers w
  order by w.name, w.started_at;
+
+-- name: batches_page
+-- One page of batches, newest first, after the keyset cursor; member counts from
+-- pgqueue.batches (each batch's members are counted on jobs_workflow_idx).
+select b.batch_id, b.name, b.state, b.workflow_state, b.members, b.completed, b.discarded,
+       b.cancelled, b.unfinished, b.callback_job_id, b.callback_task, b.callback_state,
+       b.created_at, b.sealed_at, b.finished_at
+  from pgqueue.batches b
+ where (%(state)s::text is null or b.state = %(state)s)
+   and (%(before_id)s::bigint is null or b.batch_id < %(before_id)s)
+ order by b.batch_id desc
+ limit %(limit)s;
+
+-- name: batch
+select b.batch_id, b.name, b.state, b.workflow_state, b.members, b.completed, b.discarded,
+       b.cancelled, b.unfinished, b.callback_job_id, b.callback_task, b.callback_state,
+       b.on_error_job_id, b.created_at, b.sealed_at, b.finished_at,
+       w.batch_seal_job_id as seal_job_id, w.remaining
+  from pgqueue.batches b
+  join pgqueue.workflows w on w.id = b.batch_id
+ where b.batch_id = %(id)s;
+
+-- name: batch_members
+-- One page of a batch's member steps (members and the steps that replaced them) in the
+-- order they were added, after the keyset cursor (jobs_workflow_idx).
+select j.id as job_id, j.workflow_step as step, j.task, j.queue, j.state, j.attempt,
+       j.max_attempts, j.created_at, j.finished_at, j.partition_key,
+       j.errors -> -1 ->> 'message' as last_error
+  from pgqueue.jobs j
+  join pgqueue.workflows w on w.id = j.workflow_id
+ where j.workflow_id = %(id)s
+   and j.id <> w.batch_seal_job_id
+   and j.id is distinct from w.batch_callback_job_id
+   and j.inputs <> 'error'
+   and (%(after_id)s::bigint is null or j.id > %(after_id)s)
+ order by j.id
+ limit %(limit)s;

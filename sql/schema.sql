@@ -4789,4 +4789,21 @@ select coalesce(s.queue, q.name)       as queue,
   full join pgqueue.queues q on q.name = s.queue;
 comment on view pgqueue.queue_stats is 'Per queue (every queue with jobs or a pgqueue.queues row): jobs by state, seconds since the oldest ready job became due, paused flag, limits, ready jobs held back by a limit, whether a rate limit holds jobs back';
 
-insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'), (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'), (6, '0006_due_range_stale'), (7, '0007_task_defaults'), (8, '0008_schedules'), (9, '0009_roles'), (10, '0010_dashboard'), (11, '0011_batches'), (12, '0012_meta'), (13, '0013_flow_control');
+------------------------------------------------------------------------------
+-- pgqueue migration 0014: the dashboard's job list filtered by partition key or schedule
+-- stays fast on large tables.
+--
+-- "What happened to tenant acme's jobs?" and "what did the nightly schedule run?" list
+-- jobs of one partition key or one schedule, newest first. Without an index the list
+-- walks the primary key backwards through every finished job until it has a page, which
+-- for a rare key is the whole table. Both indexes are partial: a job without a partition
+-- key or a schedule (most jobs) never enters them, so only enqueues that set one pay
+-- for an index entry.
+
+create index jobs_partition_key_idx on pgqueue.jobs (partition_key, id)
+    where partition_key is not null;
+
+create index jobs_schedule_idx on pgqueue.jobs (schedule_name, id)
+    where schedule_name is not null;
+
+insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'), (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'), (6, '0006_due_range_stale'), (7, '0007_task_defaults'), (8, '0008_schedules'), (9, '0009_roles'), (10, '0010_dashboard'), (11, '0011_batches'), (12, '0012_meta'), (13, '0013_flow_control'), (14, '0014_job_filters');

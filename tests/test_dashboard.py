@@ -9,6 +9,7 @@ pages go to each test's ``tmp_path``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import socket
@@ -195,6 +196,34 @@ def test_filter_and_keyset_pagination(dashboard, conn, page):
     assert seen == sorted(wanted, reverse=True)
 
 
+def test_filter_by_partition_key_and_schedule(dashboard, conn, page):
+    acme = [conn.execute("select pgqueue.enqueue('app.bill', jsonb_build_array(%s), "
+                         "partition_key => 'acme', meta => '{\"tenant\": \"acme\"}')",
+                         (i,)).fetchone()[0] for i in range(3)]
+    conn.execute("select pgqueue.enqueue('app.bill', '[9]', partition_key => 'acme-2')")
+    conn.execute("select pgqueue.enqueue('app.bill', '[8]', partition_key => 'globex')")
+    nightly = conn.execute(
+        "insert into pgqueue.jobs (task, schedule_name, schedule_slot) select 'app.report', "
+        "'nightly', timestamptz '2024-05-01 03:00Z' + i * interval '1 day' "
+        "from generate_series(0, 1) i returning id").fetchall()
+    page.goto(dashboard.url + "/jobs")
+    page.fill('input[name="partition_key"]', "acme")
+    page.click('form.filters button[type="submit"]')
+    page.wait_for_url(re.compile(r"partition_key=acme"))
+    ids = [int(x) for x in page.locator("tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")]
+    assert ids == sorted(acme, reverse=True)
+    page.click(f'tr[data-job-id="{acme[0]}"] a')
+    assert page.inner_text("#partition-key") == "acme"
+    assert '"tenant": "acme"' in page.inner_text("#meta")
+    page.goto(dashboard.url + "/jobs?schedule=nightly")
+    ids = [int(x) for x in page.locator("tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")]
+    assert ids == sorted((r[0] for r in nightly), reverse=True)
+    page.click(f'tr[data-job-id="{nightly[0][0]}"] a')
+    assert "nightly, slot 2024-05-01 03:00:00Z" in page.inner_text("dl.facts")
+
+
 def test_job_page_shows_traceback_and_retry_runs_it_again(dsn, app, start_worker, page, conn):
     @app.task(pass_context=True, max_attempts=1, name="dash.flaky")
     def flaky(ctx, n):
@@ -238,6 +267,56 @@ def test_pause_and_resume_a_queue(dashboard, conn, page):
     assert paused() is False
 
 
+def test_set_and_clear_queue_limits(dashboard, conn, page):
+    insert_jobs(conn, 5, queue="mail")
+    conn.execute("insert into pgqueue.jobs (queue, task, state, worker_id, started_at, attempt, "
+                 "max_attempts) "
+                 "values ('mail', 'app.work', 'running', gen_random_uuid(), now(), 1, 3)")
+    page.goto(dashboard.url + "/")
+    page.click('tr[data-queue="mail"] td.limits a')
+    page.fill('input[name="concurrency"]', "3")
+    page.fill('input[name="rate"]', "10/1m")
+    page.fill('input[name="partition_concurrency"]', "1")
+    page.click('button:has-text("Set limits")')
+    page.wait_for_selector('#limits-now:has-text("concurrency 3")')
+    assert conn.execute(
+        "select concurrency, rate_limit, rate_period, partition_concurrency, "
+        "partition_rate_limit, limits_set_by from pgqueue.queues where name = 'mail'"
+    ).fetchone() == (3, 10, dt.timedelta(minutes=1), 1, None, "operator")
+    page.goto(dashboard.url + "/")
+    page.shot("overview-limits")
+    row = page.locator('tr[data-queue="mail"]')
+    assert row.locator("td.limits").inner_text() == (
+        "concurrency 3, rate 10/1m, per key 1 (operator)")
+    held, running = conn.execute("select held_back, running from pgqueue.queue_stats "
+                                 "where queue = 'mail'").fetchone()
+    assert (held, running) == (3, 1)   # 5 ready, 2 of 3 slots free
+    assert int(row.locator('td[data-count="held_back"]').inner_text()) == held
+    assert int(row.locator('td[data-count="running"]').inner_text()) == running
+    row.locator("td.limits a").click()
+    page.click('button:has-text("Clear limits")')
+    page.wait_for_selector('#limits-now:has-text("no limit")')
+    assert conn.execute(
+        "select concurrency, rate_limit, partition_concurrency, partition_rate_limit, "
+        "limits_set_by from pgqueue.queues where name = 'mail'").fetchone() == (
+        None, None, None, None, "operator")
+
+
+def test_bad_limits_are_refused_and_change_nothing(dashboard, conn):
+    conn.execute("select pgqueue.set_queue_limits('mail', concurrency => 4)")
+    with httpx.Client(base_url=dashboard.url, timeout=10) as client:
+        text = client.get("/queues/limits?name=mail").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', text).group(1)
+        for form in ({"concurrency": "0"}, {"rate": "fast"}, {"partition_rate": "5"},
+                     {"concurrency": "1; drop table pgqueue.jobs"}):
+            r = client.post("/queues/limits", data={"csrf_token": token, "name": "mail",
+                                                    **form})
+            assert r.status_code == 400, form
+        r = client.post("/queues/limits", data={"name": "mail", "concurrency": "1"})
+        assert r.status_code == 403
+    assert conn.execute("select concurrency from pgqueue.queues").fetchone() == (4,)
+
+
 def test_bulk_cancel_of_a_filter(dashboard, conn, page):
     target = insert_jobs(conn, 50, queue="bulk", state="scheduled", delay="1 hour")
     other = insert_jobs(conn, 5, queue="other", state="scheduled", delay="1 hour")
@@ -279,6 +358,61 @@ def test_workflow_graph_links_each_step_to_its_job(dashboard, app, conn, page):
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
 
 
+def test_batch_page_from_a_member(dashboard, app, conn, page):
+    @app.task(name="dash.member")
+    def member(i):
+        return i
+
+    @app.task(name="dash.report")
+    def report(xs):
+        return xs
+
+    batch = app.batch(callback=report.s(), name="import <i>x</i>")
+    ids = batch.add(*(member.s(i) for i in range(3)))
+    page.goto(f"{dashboard.url}/jobs/{ids[0]}")
+    page.click("#batch-link")
+    page.wait_for_url(f"**/batches/{batch.id}")
+    assert "open" in page.inner_text("h1") and "import <i>x</i>" in page.inner_text("h1")
+    assert [int(x) for x in page.locator("table.members tr[data-job-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.jobId)")] == ids
+    conn.execute("select pgqueue.cancel(%s)", (ids[1],))
+    batch.seal()
+    page.reload()
+    page.shot("batch")
+    row = conn.execute("select state, members, completed, discarded, cancelled, unfinished, "
+                       "callback_job_id, callback_state from pgqueue.batches "
+                       "where batch_id = %s", (batch.id,)).fetchone()
+    assert row[:6] == ("sealed", 3, 0, 0, 1, 2)
+    assert "sealed" in page.inner_text("h1")
+    shown = tuple(int(page.inner_text(f'#batch-facts dd[data-count="{n}"]')) for n in
+                  ("members", "completed", "discarded", "cancelled", "unfinished"))
+    assert shown == row[1:6]
+    assert page.inner_text("#callback") == f"{row[6]} dash.report {row[7]}"
+    page.goto(f"{dashboard.url}/batches?state=sealed")
+    assert page.locator(f'tr[data-batch-id="{batch.id}"]').count() == 1
+    page.goto(f"{dashboard.url}/batches?state=open")
+    assert page.locator("tr[data-batch-id]").count() == 0
+
+
+def test_workers_page_links_each_running_job(dashboard, conn, page):
+    (worker,) = conn.execute(
+        "insert into pgqueue.workers (id, name, hostname, pid, queues, tasks, concurrency) "
+        "values (gen_random_uuid(), 'w-1', 'host-a', 42, '{mail}', '{app.a,app.b}', 4) "
+        "returning id").fetchone()
+    running = [r[0] for r in conn.execute(
+        "insert into pgqueue.jobs (queue, task, state, worker_id, started_at, attempt, "
+        "max_attempts) select 'mail', 'app.a', 'running', %s, now(), 1, 3 "
+        "from generate_series(1, 2) returning id", (worker,)).fetchall()]
+    page.goto(dashboard.url + "/workers")
+    row = page.locator("tr", has_text="w-1")
+    assert "host-a" in row.inner_text() and "mail" in row.inner_text()
+    links = row.locator("td.running a")
+    assert [int(x) for x in links.all_inner_texts()] == running
+    links.first.click()
+    page.wait_for_url(f"**/jobs/{running[0]}")
+    assert "host-a, pid 42" in page.inner_text("dl.facts")
+
+
 def test_hostile_values_render_as_text(dashboard, conn, page):
     hostile = "<script>alert(1)</script>"
     (job_id,) = conn.execute(
@@ -302,7 +436,8 @@ def test_hostile_query_strings_are_refused_cleanly(dashboard):
              "/jobs?workflow=1e3", "/jobs?sort=random()", "/jobs?sort=run_at&state=scheduled"
              "&after=x,1", "/jobs/0", "/jobs/abc", "/jobs/99999999999999999999",
              "/workflows?before=%00", "/workflows/-3", "/jobs/bulk?action=drop",
-             "/jobs?queue=%00", "/jobs?task=" + "x" * 600]
+             "/jobs?queue=%00", "/jobs?task=" + "x" * 600, "/batches?state=x",
+             "/batches/1x", "/batches/7?after=-1", "/queues/limits?name="]
     for path in cases:
         r = dashboard.get(path)
         assert r.status_code in (400, 404), (path, r.status_code)
@@ -351,6 +486,7 @@ def test_read_only_hides_and_refuses_every_action(dsn, conn):
         for path, data in [(f"/jobs/{job_id}/retry", {}), (f"/jobs/{job_id}/cancel", {}),
                            ("/jobs/bulk", {"action": "cancel"}),
                            ("/queues/pause", {"name": "default"}),
+                           ("/queues/limits", {"name": "default", "concurrency": "1"}),
                            ("/schedules/pause", {"name": "nightly"}),
                            ("/schedules/trigger", {"name": "nightly"})]:
             assert client.post(path, data=data).status_code == 403, path

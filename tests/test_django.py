@@ -396,6 +396,51 @@ def test_admin_lists_filters_and_retries_and_cancels(djdb):
         (waiting.id, "available"), (old.id, "discarded"), (holder.id, "available")]
 
 
+def test_dashboard_behind_staff_login(djdb):
+    import re
+
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    call_command("migrate", verbosity=0)
+    User.objects.create_user("visitor", password="pw")
+    User.objects.create_user("ops", password="pw", is_staff=True)
+    for i in range(3):
+        tasks.note.using(queue="mail").enqueue(i)
+
+    def paused() -> list:
+        return committed(djdb, "select name, paused from pgqueue.queues")
+
+    r = Client().get("/queue/jobs?state=available")
+    assert r.status_code == 302 and r["location"] == (
+        "/admin/login/?next=/queue/jobs%3Fstate%3Davailable")
+    visitor = Client()
+    visitor.force_login(User.objects.get(username="visitor"))
+    for r in (visitor.get("/queue/"), visitor.post("/queue/queues/pause", {"name": "mail"})):
+        assert r.status_code == 302 and r["location"].startswith("/admin/login/")
+        assert b"pgqueue" not in r.content
+    assert paused() == []
+
+    ops = Client()
+    ops.force_login(User.objects.get(username="ops"))
+    page = ops.get("/queue/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "<h1>Overview</h1>" in body and 'href="/queue/static/dashboard.css"' in body
+    ready = re.search(r'data-queue="mail">.*?data-count="ready"><a [^>]*>(\d+)<', body,
+                      re.S).group(1)
+    assert int(ready) == committed(djdb, "select count(*) from pgqueue.jobs where "
+                                         "queue = 'mail' and state = 'available'")[0][0] == 3
+    assert "script-src 'self'" in page["content-security-policy"]
+    assert ops.get("/queue/static/dashboard.css").status_code == 200
+    # the dashboard's own CSRF check still guards its actions
+    assert ops.post("/queue/queues/pause", {"name": "mail"}).status_code == 403
+    token = re.search(r'name="csrf_token" value="([^"]+)"', body).group(1)
+    r = ops.post("/queue/queues/pause", {"name": "mail", "csrf_token": token, "next": "/queue/"})
+    assert r.status_code == 303 and r["location"] == "/queue/"
+    assert paused() == [("mail", True)]
+
+
 def test_worker_command_has_the_cli_worker_options():
     import click
 

@@ -30,7 +30,10 @@ def asgi_app(dsn: str | None = None, read_only: bool = False, auth: Any = None,
     """An ASGI application serving the dashboard.
 
     Pages and actions run on a pool of at most ``pool_size`` connections, opened at the
-    first request (the host application's lifespan need not know about it).
+    first request (the host application's lifespan need not know about it);
+    ``pool_size=0`` opens one connection per request instead, for hosts that run each
+    request in its own event loop (Django under WSGI: see
+    :mod:`pgqueue.contrib.django.dashboard`).
 
     :param dsn: the database (str); default ``$PGQUEUE_DSN``, libpq's environment, else
         the embedded PostgreSQL.

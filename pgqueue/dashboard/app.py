@@ -1,11 +1,13 @@
 """The dashboard's ASGI application: pages (GET) and actions (POST), over one pool.
 
 Pages: ``/`` overview, ``/jobs`` (filters, keyset pages), ``/jobs/{id}``, ``/workflows``,
-``/workflows/{id}`` (an SVG graph), ``/schedules``, ``/workers``. Actions, each a POST
+``/workflows/{id}`` (an SVG graph), ``/batches``, ``/batches/{id}`` (counts, callback,
+members), ``/queues/limits?name=``, ``/schedules``, ``/workers``. Actions, each a POST
 that needs the page's CSRF token and is refused in read-only mode: retry or cancel a
 job, bulk retry or cancel of a filter (``/jobs/bulk``: a confirmation with the count,
-then one statement), pause or resume a queue, pause, resume or trigger a schedule. Each
-action is logged on the ``pgqueue.dashboard`` logger with the user who did it.
+then one statement), pause or resume a queue, set or clear its limits, pause, resume or
+trigger a schedule. Each action is logged on the ``pgqueue.dashboard`` logger with the
+user who did it.
 
 Queries live in ``sql/dashboard.sql`` (reads) and ``sql/queries.sql`` (the actions the
 command line runs too). Connections never prepare statements: the list filters are
@@ -15,6 +17,7 @@ optional parameters that must fold away at planning.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -34,6 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._sql import named, q
+from ..errors import PgQueueError
+from ..limits import QueueLimits, check_concurrency, parse_rate, rate_text
 from ._security import (CSRF_COOKIE, CSRF_FIELD, TOKEN_COOKIE, Auth, Csrf, SecurityHeaders,
                         authenticate, token_auth)
 from ._svg import throughput_chart, workflow_graph
@@ -49,7 +54,13 @@ MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 #: steps drawn in a workflow graph; a larger workflow lists the rest
 GRAPH_STEPS = 300
-FILTERS = ("state", "queue", "task", "workflow", "created_from", "created_to")
+CONNECTION_OPTIONS = {"autocommit": True, "prepare_threshold": None,
+                      "application_name": "pgqueue dashboard"}
+#: the request's own connection when the dashboard runs without a pool (pool_size=0)
+_request_connection: contextvars.ContextVar[psycopg.AsyncConnection | None] = (
+    contextvars.ContextVar("pgqueue_dashboard_connection", default=None))
+FILTERS = ("state", "queue", "task", "workflow", "partition_key", "schedule", "created_from",
+           "created_to")
 
 
 def dq(name: str) -> str:
@@ -95,8 +106,58 @@ def parse_filters(params: Any) -> dict[str, Any]:
     return {"state": state, "queue": _text(params.get("queue"), "queue"),
             "task": _text(params.get("task"), "task"),
             "workflow": _int(params.get("workflow"), "workflow"),
+            "partition_key": _text(params.get("partition_key"), "partition_key"),
+            "schedule": _text(params.get("schedule"), "schedule"),
             "created_from": _time(params.get("created_from"), "created_from"),
             "created_to": _time(params.get("created_to"), "created_to")}
+
+
+LIMIT_FIELDS = ("concurrency", "rate", "partition_concurrency", "partition_rate")
+
+
+def limits_text(row: dict[str, Any]) -> list[str]:
+    """A queue's limits as short phrases (``concurrency 5``, ``rate 20/1s``...)."""
+    out = []
+    if row.get("concurrency") is not None:
+        out.append(f"concurrency {row['concurrency']}")
+    rate = rate_text(row.get("rate_limit"), row.get("rate_period"))
+    if rate:
+        out.append(f"rate {rate}")
+    if row.get("partition_concurrency") is not None:
+        out.append(f"per key {row['partition_concurrency']}")
+    rate = rate_text(row.get("partition_rate_limit"), row.get("partition_rate_period"))
+    if rate:
+        out.append(f"per key rate {rate}")
+    return out
+
+
+def limits_form(row: dict[str, Any]) -> dict[str, str]:
+    """The limits form's values for a queue's row (empty: no limit)."""
+    c, pc = row.get("concurrency"), row.get("partition_concurrency")
+    return {"concurrency": "" if c is None else str(c),
+            "rate": rate_text(row.get("rate_limit"), row.get("rate_period")) or "",
+            "partition_concurrency": "" if pc is None else str(pc),
+            "partition_rate": rate_text(row.get("partition_rate_limit"),
+                                        row.get("partition_rate_period")) or ""}
+
+
+def parse_limits(name: str, form: Any) -> QueueLimits:
+    """The limits form (empty field: no limit); raises :class:`BadRequest`."""
+    values: dict[str, Any] = {}
+    for field in LIMIT_FIELDS:
+        raw = (form.get(field) or "").strip()
+        if field.endswith("rate"):
+            try:
+                values[field] = parse_rate(raw) if raw else None
+            except (ValueError, PgQueueError) as e:
+                raise BadRequest(f"{field.replace('_', ' ')}: {e}") from None
+        else:
+            n = _int(raw, field.replace("_", " "), 1, 2**31 - 1)
+            values[field] = check_concurrency(n, field)
+    return QueueLimits(name=name, concurrency=values["concurrency"],
+                       rate_limit=values["rate"],
+                       partition_concurrency=values["partition_concurrency"],
+                       partition_rate_limit=values["partition_rate"])
 
 
 def _query_string(filters: dict[str, Any], **extra: Any) -> str:
@@ -170,9 +231,7 @@ class Dashboard:
                 if self._pool is None:
                     pool = AsyncConnectionPool(
                         self.dsn, min_size=1, max_size=self.pool_size, open=False,
-                        kwargs={"autocommit": True, "prepare_threshold": None,
-                                "application_name": "pgqueue dashboard"},
-                        configure=_configure)
+                        kwargs=CONNECTION_OPTIONS, configure=_configure)
                     await pool.open(wait=True, timeout=15)
                     self._pool = pool
         return self._pool
@@ -183,10 +242,18 @@ class Dashboard:
             self._pool = None
 
     async def fetch(self, sql: str, params: dict | None = None) -> list[dict]:
+        if self.pool_size == 0:
+            # one connection per request, opened at its first query and closed by guard()
+            # (hosts that run each request in a new event loop, such as Django under WSGI)
+            conn = _request_connection.get()
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=15,
+                                                             **CONNECTION_OPTIONS)
+                await _configure(conn)
+                _request_connection.set(conn)
+            return await _fetch(conn, sql, params)
         async with (await self.pool()).connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql, params or {})
-            return await cur.fetchall()
+            return await _fetch(conn, sql, params)
 
     async def fetchone(self, sql: str, params: dict | None = None) -> dict | None:
         rows = await self.fetch(sql, params)
@@ -228,35 +295,46 @@ class Dashboard:
     def guard(self, endpoint: Callable[[Request], Awaitable[Response]], *,
               action: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
+            reset = _request_connection.set(None)
             try:
-                user = await authenticate(self.auth, request)
-                if user is None:
-                    if request.method == "POST":
-                        log.warning("dashboard: refused unauthenticated POST %s from %s",
-                                    request.url.path, _client(request))
-                    return self.render(request, "login.html", status=401,
-                                       wrong=False, next=request.url.path)
-                request.scope["pgqueue_user"] = user
-                if action:
-                    if self.read_only:
-                        return self.error(request, 403,
-                                          "This dashboard is read-only: actions are off.")
-                    form = await request.form()
-                    if not self.csrf.valid(request, form.get(CSRF_FIELD)):
-                        log.warning("dashboard: refused POST %s without a valid CSRF token "
-                                    "(user %s, from %s)", request.url.path, user,
-                                    _client(request))
-                        return self.error(request, 403, "The form's CSRF token is missing "
-                                          "or stale: reload the page and try again.")
-                    request.scope["pgqueue_form"] = form
-                return await endpoint(request)
-            except BadRequest as e:
-                return self.error(request, 400, str(e))
-            except psycopg.OperationalError as e:
-                log.error("dashboard: database unavailable: %s", str(e).strip())
-                return self.error(request, 503, "The database does not answer; retry in "
-                                  "a moment.")
+                return await self._guarded(endpoint, action, request)
+            finally:
+                conn = _request_connection.get()
+                _request_connection.reset(reset)
+                if conn is not None:
+                    await conn.close()
         return guarded
+
+    async def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]],
+                       action: bool, request: Request) -> Response:
+        try:
+            user = await authenticate(self.auth, request)
+            if user is None:
+                if request.method == "POST":
+                    log.warning("dashboard: refused unauthenticated POST %s from %s",
+                                request.url.path, _client(request))
+                return self.render(request, "login.html", status=401,
+                                   wrong=False, next=request.url.path)
+            request.scope["pgqueue_user"] = user
+            if action:
+                if self.read_only:
+                    return self.error(request, 403,
+                                      "This dashboard is read-only: actions are off.")
+                form = await request.form()
+                if not self.csrf.valid(request, form.get(CSRF_FIELD)):
+                    log.warning("dashboard: refused POST %s without a valid CSRF token "
+                                "(user %s, from %s)", request.url.path, user,
+                                _client(request))
+                    return self.error(request, 403, "The form's CSRF token is missing "
+                                      "or stale: reload the page and try again.")
+                request.scope["pgqueue_form"] = form
+            return await endpoint(request)
+        except BadRequest as e:
+            return self.error(request, 400, str(e))
+        except psycopg.OperationalError as e:
+            log.error("dashboard: database unavailable: %s", str(e).strip())
+            return self.error(request, 503, "The database does not answer; retry in "
+                              "a moment.")
 
     def audit(self, request: Request, what: str) -> None:
         log.info("dashboard action: %s by %s from %s", what,
@@ -272,18 +350,23 @@ class Dashboard:
         for r in finished:
             row = by_queue.setdefault(r["queue"], {
                 "queue": r["queue"], "pending": 0, "ready": 0, "waiting": 0, "running": 0,
-                "oldest_ready_seconds": None, "paused": False, "settings": {}})
+                "oldest_ready_seconds": None, "paused": False, "held_back": 0})
             row[r["state"]] = row.get(r["state"], 0) + r["jobs"]
         rows = [by_queue[k] for k in sorted(by_queue)]
         for row in rows:
             for state in ("completed", "discarded", "cancelled"):
                 row.setdefault(state, 0)
-            row["settings"] = {k: v for k, v in (row["settings"] or {}).items()
-                               if v is not None}
-        setting_names = sorted({k for r in rows for k in r["settings"]})
+            row["limits"] = limits_text(row)
         return self.render(request, "overview.html", queues=rows, totals=totals,
-                           setting_names=setting_names, chart=throughput_chart(finished),
-                           live=True)
+                           chart=throughput_chart(finished), live=True)
+
+    async def queue_limits(self, request: Request) -> Response:
+        name = _text(request.query_params.get("name"), "queue")
+        if name is None:
+            raise BadRequest("which queue? (the name parameter is empty)")
+        row = await self.fetchone(dq("queue_limits"), {"name": name}) or {"name": name}
+        return self.render(request, "queue_limits.html", name=name, row=row,
+                           limits=limits_text(row), form=limits_form(row))
 
     async def jobs(self, request: Request) -> Response:
         filters = parse_filters(request.query_params)
@@ -358,6 +441,38 @@ class Dashboard:
         steps = steps[:GRAPH_STEPS]
         return self.render(request, "workflow.html", wf=wf, steps=steps, more=more,
                            graph=workflow_graph(steps), live=wf["state"] == "running")
+
+    async def batches(self, request: Request) -> Response:
+        state = request.query_params.get("state") or None
+        if state not in (None, "open", "sealed", "finished"):
+            raise BadRequest("state must be open, sealed or finished")
+        before = _int(request.query_params.get("before"), "before")
+        rows = await self.fetch(dq("batches_page"),
+                                {"state": state, "before_id": before, "limit": PAGE + 1})
+        next_url = None
+        if len(rows) > PAGE:
+            rows = rows[:PAGE]
+            next_url = "?" + urlencode({k: v for k, v in
+                                        {"state": state, "before": rows[-1]["batch_id"]}.items()
+                                        if v is not None})
+        return self.render(request, "batches.html", batches=rows, state=state,
+                           next_url=next_url)
+
+    async def batch(self, request: Request) -> Response:
+        batch_id = _int(request.path_params["id"], "batch id")
+        b = await self.fetchone(dq("batch"), {"id": batch_id})
+        if b is None:
+            return self.error(request, 404, f"No batch {batch_id} (a workflow id that is "
+                              "not a batch, or pruned).")
+        after = _int(request.query_params.get("after"), "after")
+        members = await self.fetch(dq("batch_members"),
+                                   {"id": batch_id, "after_id": after, "limit": PAGE + 1})
+        next_url = None
+        if len(members) > PAGE:
+            members = members[:PAGE]
+            next_url = "?" + urlencode({"after": members[-1]["job_id"]})
+        return self.render(request, "batch.html", b=b, members=members, next_url=next_url,
+                           paged=after is not None, live=b["state"] != "finished")
 
     async def schedules(self, request: Request) -> Response:
         rows = await self.fetch(dq("schedules"))
@@ -441,6 +556,23 @@ class Dashboard:
         self.audit(request, f"{'pause' if paused else 'resume'} queue {name!r}")
         return self.back(request, form.get("next"))
 
+    async def queue_limits_action(self, request: Request) -> Response:
+        form = request.scope["pgqueue_form"]
+        name = _text(form.get("name"), "queue")
+        if name is None:
+            raise BadRequest("which queue? (the form's name field is empty)")
+        if form.get("clear"):
+            limits = QueueLimits(name=name)
+        else:
+            limits = parse_limits(name, form)
+        try:
+            await self.fetch(q("set_queue_limits"), limits.params("operator"))
+        except psycopg.errors.InvalidParameterValue as e:
+            raise BadRequest(str(e).strip().splitlines()[0]) from None
+        self.audit(request, f"set limits of queue {name!r}: "
+                            f"{', '.join(limits_text(limits.params(None))) or 'none'}")
+        return self.back(request, form.get("next"))
+
     async def schedule_action(self, request: Request) -> Response:
         form = request.scope["pgqueue_form"]
         name = _text(form.get("name"), "schedule")
@@ -462,6 +594,12 @@ class Dashboard:
             return self.error(request, 404, f"No schedule named {name!r}.")
         self.audit(request, what)
         return self.back(request, form.get("next"))
+
+
+async def _fetch(conn: psycopg.AsyncConnection, sql: str, params: dict | None) -> list[dict]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(sql, params or {})
+    return await cur.fetchall()
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -489,10 +627,14 @@ def create_app(dsn: str, *, read_only: bool = False, auth: Auth | str | None = N
         Route("/jobs/{id}/{action}", g(d.job_action, action=True), methods=["POST"]),
         Route("/workflows", g(d.workflows)),
         Route("/workflows/{id}", g(d.workflow)),
+        Route("/batches", g(d.batches)),
+        Route("/batches/{id}", g(d.batch)),
         Route("/schedules", g(d.schedules)),
         Route("/schedules/{action}", g(d.schedule_action, action=True),
               methods=["POST"]),
         Route("/workers", g(d.workers)),
+        Route("/queues/limits", g(d.queue_limits)),
+        Route("/queues/limits", g(d.queue_limits_action, action=True), methods=["POST"]),
         Route("/queues/{action}", g(d.queue_action, action=True), methods=["POST"]),
         Route("/login", d.login, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(resources.files("pgqueue.dashboard")

@@ -1,4 +1,6 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from pgqueue.contrib.django.dashboard import dashboard_urls
+
+urlpatterns = [path("admin/", admin.site.urls), path("queue/", dashboard_urls())]

@@ -14,6 +14,8 @@ psycopg2 backend works for enqueueing):
   jobs enqueued inside it. No ``on_commit`` hook or in-process pending list is used;
 - ``manage.py pgqueue_worker`` (the options of ``pgqueue worker``);
 - a read-only admin for ``pgqueue.jobs`` with retry and cancel actions;
+- the web dashboard behind Django's staff login:
+  ``path("queue/", pgqueue.contrib.django.dashboard.dashboard_urls())``;
 - a ``django.tasks`` backend: :class:`pgqueue.contrib.django.backend.PgQueueBackend`.
 
 Settings (all optional)::
