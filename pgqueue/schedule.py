@@ -142,6 +142,21 @@ class Schedule:
         local = instant.astimezone(self._zone)
         return next(CronSim(self._fields, local)).astimezone(UTC)
 
+    def _nth_before(self, instant: dt.datetime, n: int) -> dt.datetime | None:
+        """About the ``n``-th slot at or before ``instant`` (walking back), or ``None``
+        when there are fewer. Only a starting point: slots are always taken walking
+        forward with :meth:`next_after`."""
+        from cronsim import CronSim
+        it = CronSim(self._fields, (instant + dt.timedelta(microseconds=1))
+                     .astimezone(self._zone), reverse=True)
+        slot = None
+        try:
+            for _ in range(n):
+                slot = next(it)
+        except StopIteration:
+            return None
+        return slot.astimezone(UTC) if slot is not None else None
+
     def iter_after(self, instant: dt.datetime) -> Iterator[dt.datetime]:
         """Slots strictly after ``instant``, in order, in UTC (an endless iterator)."""
         slot = self.next_after(instant)
@@ -175,13 +190,20 @@ def due_slots(schedule: Schedule, next_slot: dt.datetime, now: dt.datetime, *,
     Slots in ``[next_slot, now]`` are due. When one is due it is enqueued. When more
     are, the ones before the most recent were missed (no worker alive, a pause) and
     ``catch_up`` decides: ``latest`` enqueues the most recent only, ``all`` the most
-    recent ``limit``, ``none`` none of the missed ones (the most recent counts as
-    missed once a whole period is past it).
+    recent ``limit``, ``none`` none of the missed ones.
     """
     due: list[dt.datetime] = []
     slot = next_slot
     count = 0
     keep = max(limit, 1)
+    if schedule.cron is not None and slot <= now:
+        # a long pause of a frequent expression (every minute for a year is 525,600
+        # slots): find the oldest slot that can be kept by walking back from now, and
+        # walk forward from there with the same code as always
+        anchor = schedule._nth_before(now, keep + 1)
+        if anchor is not None and anchor > slot:
+            slot = schedule.next_after(anchor - dt.timedelta(microseconds=1))
+            count = 1   # the slots before the anchor were missed
     while slot <= now:
         count += 1
         due.append(slot)
