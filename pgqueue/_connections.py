@@ -230,6 +230,20 @@ async def async_connection(app: App, obj: Any) -> AsyncIterator[psycopg.AsyncCon
 
 # -- enqueue one job -------------------------------------------------------------------
 
+#: the options that need pgqueue.enqueue (a key to look up, a due time to compute)
+_FUNCTION_OPTIONS = ("unique_key", "delay", "run_at", "debounce", "debounce_key",
+                     "debounce_max")
+
+
+def enqueue_sql(params: dict[str, Any]) -> str:
+    """The statement for one job: a plain INSERT (``enqueue_plain``) when no option
+    needs the function's logic, else the ``pgqueue.enqueue`` call."""
+    for k in _FUNCTION_OPTIONS:
+        if params.get(k) is not None:
+            return q("enqueue")
+    return q("enqueue_plain")
+
+
 def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
     """Insert one job through ``obj`` (see the module docstring); return its id.
 
@@ -241,9 +255,9 @@ def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
         obj = default_connection()
     if obj is None:
         with app.connection() as conn:
-            return conn.execute(q("enqueue"), params, prepare=True).fetchone()[0]
+            return conn.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
     if isinstance(obj, psycopg.Connection):
-        return obj.execute(q("enqueue"), params, prepare=True).fetchone()[0]
+        return obj.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
     if isinstance(obj, psycopg.AsyncConnection) or _is_sa_async(obj):
         raise ConfigurationError(
             "an async connection was given: use `await task.using(connection=...).aenqueue()`")
@@ -252,13 +266,13 @@ def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
         # Django's cursor: works on the psycopg 3 and psycopg2 backends, joins the
         # current atomic() block, and shows in Django's query logging.
         with obj.cursor() as cur:
-            cur.execute(q("enqueue"), params)
+            cur.execute(enqueue_sql(params), params)
             return cur.fetchone()[0]
     if _is_sa(obj):
         sa = _sa_sync_connection(obj)
         driver = sa.connection.driver_connection
         if isinstance(driver, psycopg.Connection):
-            return driver.execute(q("enqueue"), params, prepare=True).fetchone()[0]
+            return driver.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
         from sqlalchemy import text
         return sa.execute(text(ENQUEUE_TEXT), params).scalar_one()
     raise _wrong_type(obj)
@@ -274,10 +288,10 @@ async def aenqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
     if obj is None:
         conn = await psycopg.AsyncConnection.connect(app.conninfo, autocommit=True)
         async with conn:
-            cur = await conn.execute(q("enqueue"), params, prepare=True)
+            cur = await conn.execute(enqueue_sql(params), params, prepare=True)
             return (await cur.fetchone())[0]
     if isinstance(obj, psycopg.AsyncConnection):
-        cur = await obj.execute(q("enqueue"), params, prepare=True)
+        cur = await obj.execute(enqueue_sql(params), params, prepare=True)
         return (await cur.fetchone())[0]
     if _is_django(obj):
         return await _django_async(app, obj, params)
@@ -286,7 +300,7 @@ async def aenqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
         raw = await sa.get_raw_connection()
         driver = raw.driver_connection
         if isinstance(driver, psycopg.AsyncConnection):
-            cur = await driver.execute(q("enqueue"), params, prepare=True)
+            cur = await driver.execute(enqueue_sql(params), params, prepare=True)
             return (await cur.fetchone())[0]
         from sqlalchemy import text
         return (await sa.execute(text(ENQUEUE_TEXT), params)).scalar_one()

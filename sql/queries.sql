@@ -16,6 +16,19 @@ select pgqueue.enqueue(task => %(task)s, args => %(args)s::jsonb, kwargs => %(kw
                        debounce_key => %(debounce_key)s,
                        debounce_max => make_interval(secs => %(debounce_max)s::float8));
 
+-- name: enqueue_plain
+-- The common case (no unique key, no debounce, no delay or run_at): one INSERT, the
+-- row as pgqueue.enqueue would write it (available now, state and run_at from the
+-- column defaults), without a function call. Only the producer's columns are written;
+-- the caller has already refused bad input (pgqueue/_options.py), and the table's
+-- constraints refuse the rest. The statement trigger sends the NOTIFY, at commit.
+insert into pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, partition_key,
+                          meta)
+values (%(task)s, coalesce(%(args)s::jsonb, '[]'), coalesce(%(kwargs)s::jsonb, '{}'),
+        coalesce(%(queue)s, 'default'), coalesce(%(priority)s, 0), %(max_attempts)s,
+        %(partition_key)s, coalesce(%(meta)s::jsonb, '{}'))
+returning id;
+
 -- name: copy_jobs
 copy pgqueue.jobs (task, args, kwargs, queue, priority, max_attempts, partition_key, state, meta) from stdin;
 

@@ -135,6 +135,24 @@ def test_unique_key_returns_the_existing_unfinished_job(app, add, conn):
     assert c.id != a.id
 
 
+def test_plain_insert_writes_the_row_the_function_writes(app, add, conn):
+    # a job without unique key, delay or debounce skips pgqueue.enqueue (one INSERT)
+    from pgqueue._connections import enqueue_sql
+    from pgqueue._sql import q
+    call = add.using(queue="q1", priority=3, meta={"k": "v"}, partition_key="p")
+    assert enqueue_sql(call._params((1, 2), {})) == q("enqueue_plain")
+    assert enqueue_sql(add.using(unique_key="u")._params((1, 2), {})) == q("enqueue")
+    plain = call.enqueue(1, 2)
+    cols = ("task, args, kwargs, queue, state, priority, attempt, max_attempts, meta, "
+            "partition_key, unique_key, debounce_key, errors, run_at <= now() as due")
+    fn = conn.execute(
+        "select pgqueue.enqueue(task => 't.add', args => '[1, 2]', queue => 'q1', "
+        "priority => 3, meta => '{\"k\": \"v\"}', partition_key => 'p')").fetchone()[0]
+    a, b = (conn.execute(f"select {cols} from pgqueue.jobs where id = %s", (i,)).fetchone()
+            for i in (plain.id, fn))
+    assert a == b
+
+
 def test_sql_enqueue_with_named_notation(app, conn):
     (job_id,) = conn.execute(
         "select pgqueue.enqueue('mail.send', '[\"a@b\"]'::jsonb, queue => 'emails', "
