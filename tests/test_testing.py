@@ -51,8 +51,8 @@ def readme_block(first_line: str) -> str:
 def test_readme_testing_example_runs_as_written(dsn, tmp_path):
     """The README's example test of `pgqueue.testing`, run by pytest as a user would,
     with the README's own tasks.py, against a fresh database."""
-    (tmp_path / "tasks.py").write_text(readme_block("# tasks.py"))
-    (tmp_path / "test_welcome.py").write_text(readme_block("# test_welcome.py"))
+    (tmp_path / "tasks.py").write_text(readme_block("# tasks.py\n"))
+    (tmp_path / "test_welcome.py").write_text(readme_block("# test_welcome.py:"))
     env = dict(os.environ, PGQUEUE_DSN=dsn, PYTHONPATH=str(tmp_path))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "test_welcome.py"], cwd=tmp_path, env=env, capture_output=True,
