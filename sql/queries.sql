@@ -104,7 +104,12 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
        -- metadata as text, null when empty (most jobs: nothing to parse); the workflow;
        -- seconds from enqueue to this claim (database clock)
        nullif(meta, '{}')::text as meta, workflow_id,
-       extract(epoch from started_at - created_at)::float8 as waited
+       extract(epoch from started_at - created_at)::float8 as waited,
+       -- a queue with a concurrency limit (read once per claim): its job's end frees a
+       -- slot that claims held back may be waiting for
+       queue = any(array(select q.name from pgqueue.queues q
+                          where q.concurrency is not null
+                             or q.partition_concurrency is not null)) as limited
   from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
                      %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[],
@@ -116,6 +121,15 @@ select pgqueue.next_due(%(queues)s, %(tasks)s, %(task_concurrency)s::integer[]);
 
 -- name: complete
 select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb[]);
+
+-- name: complete_freed
+-- complete, and tell every worker that jobs of these queues with a concurrency limit
+-- ended (slots of the limit are free): sent when the statement commits.
+select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb[])
+ where (select count(pg_notify('pgqueue_freed', x)) from unnest(%(queues)s::text[]) x) >= 0;
+
+-- name: notify_freed
+select count(pg_notify('pgqueue_freed', x)) from unnest(%(queues)s::text[]) x;
 
 -- name: complete_one
 select pgqueue.complete(%(worker_id)s, array[%(id)s::bigint], array[%(attempt)s::integer],

@@ -96,6 +96,41 @@ def test_global_concurrency_is_never_exceeded_and_is_used(dsn, conn, spawn_worke
 
 
 @pytest.mark.slow
+def test_a_limit_stays_busy_with_short_jobs(dsn, conn, spawn_worker):
+    # A job's end frees a slot of the limit: the worker claims again at once, rather
+    # than at its next look for jobs held back by the limit.
+    conn.execute("select pgqueue.set_queue_limits('limited', concurrency => 4)")
+    spawn_worker(APP, "-c", "8", "-q", "limited", "--poll-interval", "5")
+    wait_worker_registered(conn, 1)
+    enqueue(conn, 80, seconds=0.1)
+    wait_until(lambda: done(conn) == 80, 30, message="80 jobs done")
+    rows = runs(conn)
+    assert len(rows) == 80
+    top, mean = overlap([(s, e) for _, _, s, e in rows])
+    assert top == 4, top
+    assert mean >= 4 * 0.8, mean
+
+
+def test_a_freed_slot_of_another_worker_wakes_the_claim_loop():
+    from pgqueue._positions import ClaimPositions
+    from pgqueue.worker.listener import notified
+    from pgqueue.worker.running import WakeUp
+
+    wake, positions = WakeUp(), ClaimPositions()
+
+    def hear(pid, payload, queues=("limited",)):
+        wake.pending = False
+        wake.clear()
+        notified(psycopg.Notify("pgqueue_freed", payload, pid), queues=list(queues),
+                 positions=positions, wake=wake, cancel=lambda _: None, own_pid=7)
+        return wake.pending and wake.event.is_set()
+
+    assert hear(8, "limited")             # another worker's job ended: claim
+    assert not hear(7, "limited")         # this worker's completer woke it already
+    assert not hear(8, "other")           # not one of this worker's queues
+
+
+@pytest.mark.slow
 def test_rate_limit_holds_in_every_window_across_workers(dsn, conn, spawn_worker):
     conn.execute("select pgqueue.set_queue_limits('limited', rate_limit => 5, "
                  "rate_period => interval '1 second')")

@@ -77,7 +77,7 @@ def _produced(exporter, name):
 
 def _processed(spans, job_id):
     return sorted((s for s in spans() if s["name"].startswith("process ")
-                   and s["attributes"].get("pgqueue.job.id") == job_id),
+                   and s["attributes"].get("messaging.message.id") == str(job_id)),
                   key=lambda s: s["attributes"]["pgqueue.attempt"])
 
 
@@ -108,9 +108,12 @@ def test_a_job_continues_the_enqueuers_trace(producer, traced_worker, tasks, con
     assert a["messaging.operation.type"] == "process"
     assert a["messaging.destination.name"] == "tr"
     assert a["messaging.message.id"] == str(job.id)
-    assert (a["pgqueue.task"], a["pgqueue.queue"], a["pgqueue.attempt"],
-            a["pgqueue.max_attempts"]) == ("tr.ok", "tr", 1, 20)
+    assert (a["pgqueue.task"], a["pgqueue.attempt"],
+            a["pgqueue.max_attempts"]) == ("tr.ok", 1, 20)
     assert "pgqueue.workflow.id" not in a
+    # no attribute repeats another (the job id and the queue are messaging attributes)
+    assert "pgqueue.job.id" not in a and "pgqueue.queue" not in a
+    assert "pgqueue.job.id" not in send["attributes"] and "pgqueue.queue" not in send["attributes"]
 
 
 def test_retries_are_sibling_spans_of_one_trace(producer, traced_worker, tasks):

@@ -28,9 +28,10 @@ Spans:
 Attributes (``messaging.*`` of the conventions, ``pgqueue.*`` for the rest):
 ``messaging.system`` (``"pgqueue"``), ``messaging.operation.type`` and
 ``messaging.operation.name`` (``"send"`` or ``"process"``), ``messaging.destination.name``
-(the queue), ``messaging.message.id`` (the job id), ``pgqueue.job.id``, ``pgqueue.task``,
-``pgqueue.queue``, ``pgqueue.attempt``, ``pgqueue.max_attempts``,
-``pgqueue.workflow.id`` (workflow steps).
+(the queue), ``messaging.message.id`` (the job id, as a string), ``pgqueue.task``,
+``pgqueue.attempt``, ``pgqueue.max_attempts``, ``pgqueue.workflow.id`` (workflow
+steps). All are set when the span starts, in one mapping, and what depends only on the
+task and queue (the span name, the constant attributes) is built once per task.
 
 A job enqueued from SQL or another language joins a trace by carrying a W3C
 ``traceparent`` (``00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>``, see
@@ -104,6 +105,11 @@ class PgQueueInstrumentor:
     def __init__(self) -> None:
         self._tracer: Any = None
         self.link_after: float | None = LINK_AFTER
+        #: (task, queue) -> (span name, the attributes every attempt of it shares)
+        self._per_task: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        #: the last trace context read from a job's meta, and what it parsed to (jobs
+        #: enqueued together share one)
+        self._last_parent: tuple[Any, Any] = (None, None)
 
     @property
     def is_instrumented(self) -> bool:
@@ -146,7 +152,7 @@ class PgQueueInstrumentor:
             "messaging.system": _SYSTEM, "messaging.operation.type": "send",
             "messaging.operation.name": "send", "pgqueue.task": enq.task}
         if enq.queue is not None:
-            attrs["messaging.destination.name"] = attrs["pgqueue.queue"] = enq.queue
+            attrs["messaging.destination.name"] = enq.queue
         span = self._tracer.start_span(f"send {enq.task}", kind=SpanKind.PRODUCER,
                                        attributes=attrs)
         enq.meta.update(_traceparent(span))
@@ -159,7 +165,6 @@ class PgQueueInstrumentor:
             raise
         if job_id is not None:
             span.set_attribute("messaging.message.id", str(job_id))
-            span.set_attribute("pgqueue.job.id", job_id)
         if enq.workflow_id is not None:
             span.set_attribute("pgqueue.workflow.id", enq.workflow_id)
         span.end()
@@ -170,8 +175,13 @@ class PgQueueInstrumentor:
         meta = ctx.meta
         parent = None
         links = []
-        if "traceparent" in meta:
-            parent = _PROPAGATOR.extract(meta)
+        tp = meta.get("traceparent")
+        if tp is not None:
+            key = (tp, meta.get("tracestate"))
+            last_key, parent = self._last_parent
+            if last_key != key:
+                parent = _PROPAGATOR.extract(meta)
+                self._last_parent = (key, parent)
             waited = ctx.waited
             if (self.link_after is not None and waited is not None
                     and waited > self.link_after):
@@ -181,16 +191,19 @@ class PgQueueInstrumentor:
                 parent = otel_context.Context()     # a new trace
         if ctx.workflow_id is not None:
             links += self._dependency_links(ctx)
-        attrs: dict[str, Any] = {
-            "messaging.system": _SYSTEM, "messaging.operation.type": "process",
-            "messaging.operation.name": "process", "messaging.destination.name": ctx.queue,
-            "messaging.message.id": str(ctx.job_id), "pgqueue.job.id": ctx.job_id,
-            "pgqueue.task": ctx.task, "pgqueue.queue": ctx.queue,
-            "pgqueue.attempt": ctx.attempt, "pgqueue.max_attempts": ctx.max_attempts}
+        per_task = self._per_task.get((ctx.task, ctx.queue))
+        if per_task is None:
+            per_task = self._per_task[(ctx.task, ctx.queue)] = (f"process {ctx.task}", {
+                "messaging.system": _SYSTEM, "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": ctx.queue, "pgqueue.task": ctx.task})
+        name, attrs = per_task
+        attrs = {**attrs, "messaging.message.id": str(ctx.job_id),
+                 "pgqueue.attempt": ctx.attempt, "pgqueue.max_attempts": ctx.max_attempts}
         if ctx.workflow_id is not None:
             attrs["pgqueue.workflow.id"] = ctx.workflow_id
-        span = self._tracer.start_span(f"process {ctx.task}", context=parent,
-                                       kind=SpanKind.CONSUMER, attributes=attrs, links=links)
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER,
+                                       attributes=attrs, links=links)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             yield

@@ -266,8 +266,13 @@ class Worker:
         self._wake.more()
 
     def _on_notify(self, n: psycopg.Notify) -> None:
+        c = self._complete.conn
+        try:
+            own = c.info.backend_pid if c is not None else None
+        except Exception:  # noqa: BLE001 - a connection closed meanwhile
+            own = None
         notified(n, queues=self.queues, positions=self._positions, wake=self._wake,
-                 cancel=self._cancel)
+                 cancel=self._cancel, own_pid=own)
 
     def _cancel(self, job_id: int) -> None:
         if self._heartbeat is not None:

@@ -36,6 +36,10 @@ from .running import RunningJobs, WakeUp, _Running
 
 log = logging.getLogger("pgqueue.worker")
 
+#: seconds until the next look while this worker runs jobs of a limited queue (next_due's
+#: answer for jobs held back by a concurrency limit)
+HELD_BACK_WAIT = 0.1
+
 
 class Claimer:
     """Claims jobs into free slots and hands each to ``dispatch``.
@@ -133,7 +137,12 @@ class Claimer:
                 if got == n:
                     wake.pending = True
                     continue          # there may be more; claim again while slots are free
-                wait = self._next_wait()
+                if wake.pending:
+                    continue          # news during the claim (a limit's slot freed): claim
+                # While jobs of a limited queue run, their ends wake the loop (and other
+                # workers' ends notify it): look again within next_due's answer for jobs
+                # held back by a limit, without asking it.
+                wait = (HELD_BACK_WAIT if self.running.limited else self._next_wait())
                 due_at = time.monotonic() + wait
             elif free > 0:
                 # Woken without news (a slot freed up): keep the earliest due time, or a
@@ -217,7 +226,7 @@ class Claimer:
 
     def _start(self, row: tuple) -> None:
         (job_id, queue, name, args, kwargs, attempt, max_attempts, _prio, _run_at, timeout,
-         latency, cancel_requested, inputs, meta, workflow_id, waited) = row
+         latency, cancel_requested, inputs, meta, workflow_id, waited, limited) = row
         task = self.app.tasks.get(name)
         ctx = JobContext(job_id=job_id, task=name, queue=queue, attempt=attempt,
                          max_attempts=max_attempts, worker_id=self.worker_id, app=self.app,
@@ -225,7 +234,8 @@ class Claimer:
                          workflow_id=workflow_id, waited=waited)
         r = _Running(id=job_id, attempt=attempt, task=task, name=name, queue=queue, args=args,
                      kwargs=kwargs, ctx=ctx, inputs=inputs,
-                     timeout=timeout if timeout is not None else (task.timeout if task else None))
+                     timeout=timeout if timeout is not None else (task.timeout if task else None),
+                     limited=bool(limited) or (task is not None and task.concurrency is not None))
         if cancel_requested is not None:
             ctx._cancel.set()
         self.prepare(r)

@@ -121,12 +121,25 @@ class Completer:
         obs = self.observer
         # Completions alone are one autocommit statement (one round trip, one commit);
         # failures and replacements join them in one transaction.
+        # Jobs of queues (or tasks) with a concurrency limit free a slot that claims
+        # held back by the limit wait for: every worker hears of it (pgqueue_jobs, sent
+        # ``pgqueue_freed``, sent at commit), so none waits for its next look at the
+        # limit. Unlimited queues send nothing.
+        limited = sorted({r.queue for _, r, _ in items if r.limited})
         with conn.transaction() if fails or replacing else contextlib.nullcontext():
             if done:
-                completed = conn.execute(q("complete"), {
-                    "worker_id": self.worker_id, "ids": [r.id for r, _ in done],
-                    "attempts": [r.attempt for r, _ in done],
-                    "results": [p for _, p in done]}, prepare=self.prepare)
+                params = {"worker_id": self.worker_id, "ids": [r.id for r, _ in done],
+                          "attempts": [r.attempt for r, _ in done],
+                          "results": [p for _, p in done]}
+                if limited:
+                    params["queues"] = limited
+                    completed = conn.execute(q("complete_freed"), params, prepare=self.prepare)
+                    limited = []
+                else:
+                    completed = conn.execute(q("complete"), params, prepare=self.prepare)
+            elif limited:
+                conn.execute(q("notify_freed"), {"queues": limited}, prepare=self.prepare)
+                limited = []
             states = []
             for r, (err, discard, delay) in fails:
                 policy = r.task.retry if r.task is not None else None
@@ -151,7 +164,8 @@ class Completer:
         self.stats["failed"] += len(fails)
         if obs is not None:
             self._observe(conn, done, completed, fails, states, retry_at)
-        if fails:   # a retry may be due before the next poll: recompute the wake-up time
+        if fails or any(r.limited for _, r, _ in items):
+            # a retry may be due before the next poll, or a limit's slot is free: claim
             self.wake.more()
         else:
             self.wake.set()   # recorded outcomes free room for the next claim

@@ -1,8 +1,10 @@
-"""The listener: ``LISTEN pgqueue_jobs``, ``pgqueue_requeued`` and ``pgqueue_cancel``.
+"""The listener: ``LISTEN pgqueue_jobs``, ``pgqueue_requeued``, ``pgqueue_freed`` and
+``pgqueue_cancel``.
 
 Owns the *listen* connection (absent in poll-only mode). A notification of a new or
 requeued job in one of the worker's queues wakes the claim loop (and moves its claim
-positions); a cancellation request is handed to the heartbeat's ``cancel``. After any
+positions); so does a job's end in one of its queues with a concurrency limit
+(``pgqueue_freed``: a slot of the limit is free); a cancellation request is handed to the heartbeat's ``cancel``. After any
 (re)connect it asks for a catch-up claim from the start of every queue, since
 notifications sent meanwhile were lost. Every 5 s it checks the connection with
 ``select 1``; it touches its :class:`~pgqueue.worker.connections.Beat` after each
@@ -67,6 +69,7 @@ class Listener:
                 conn = self.conn.run(lambda c: c)
                 conn.execute("listen pgqueue_jobs")
                 conn.execute("listen pgqueue_requeued")
+                conn.execute("listen pgqueue_freed")
                 conn.execute("listen pgqueue_cancel")
                 # requeue notices may have been missed while away
                 self.positions.forget()
@@ -93,15 +96,20 @@ class Listener:
 
 
 def notified(n: psycopg.Notify, *, queues: list[str] | None, positions: ClaimPositions,
-             wake: WakeUp, cancel: Callable[[int], None]) -> None:
+             wake: WakeUp, cancel: Callable[[int], None], own_pid: int | None = None) -> None:
     """React to one notification: wake the claim loop for a job in one of ``queues``
-    (``None``: all), or ``cancel`` the job named by a cancellation request."""
+    (``None``: all) or a slot freed in one of them (unless this worker's completer,
+    session ``own_pid``, freed it: it woke the loop already), or ``cancel`` the job
+    named by a cancellation request."""
     if n.channel == "pgqueue_jobs" or n.channel == "pgqueue_requeued":
         if queues is None or n.payload in queues:
             positions.heard(n.payload)
             if n.channel == "pgqueue_requeued":
                 # a job went back in line behind where our claims start
                 positions.forget(n.payload)
+            wake.more()
+    elif n.channel == "pgqueue_freed":
+        if n.pid != own_pid and (queues is None or n.payload in queues):
             wake.more()
     elif n.channel == "pgqueue_cancel":
         try:

@@ -45,6 +45,9 @@ class _Running:
     #: the executor enforces the timeout itself (asyncio, processes): the claim loop's
     #: timeout check leaves the attempt alone
     own_timeout: bool = False
+    #: its queue or task has a concurrency limit: recording its outcome frees a slot
+    #: that claims held back by the limit wait for (claim again at once)
+    limited: bool = False
 
 
 class WakeUp:
@@ -79,6 +82,7 @@ class RunningJobs:
         self.lock = threading.Lock()
         self.jobs: dict[int, _Running] = {}
         self.busy = 0                   # functions executing now
+        self.limited = 0                # owned jobs of a queue or task with a limit
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -88,6 +92,7 @@ class RunningJobs:
         with self.lock:
             self.jobs[r.id] = r
             self.busy += 1
+            self.limited += r.limited
 
     def release_slot(self) -> None:
         """The function of an attempt returned: its slot is free (the job stays owned
@@ -112,6 +117,7 @@ class RunningJobs:
     def _drop(self, r: _Running) -> None:
         if self.jobs.get(r.id) is r:
             del self.jobs[r.id]
+            self.limited -= r.limited
 
     def drop_all(self, rs: list[_Running]) -> None:
         with self.lock:
