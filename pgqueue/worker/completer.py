@@ -26,13 +26,14 @@ from .._sql import q
 from .connections import _Conn, _transient
 from .outcomes import _error_dict, _storable, completion
 from .running import RunningJobs, WakeUp, _Running
+from .component import ThreadComponent
 
 log = logging.getLogger("pgqueue.worker")
 
 COMPLETE_BATCH = 400
 
 
-class Completer:
+class Completer(ThreadComponent):
     """Drains ``completions`` into the database.
 
     :param conn: the dedicated *complete* connection.
@@ -46,6 +47,8 @@ class Completer:
     :param prepare: prepare statements (False in poll-only mode).
     :param done: set when the worker's bookkeeping threads may exit.
     """
+
+    thread_name = "pgqueue-completer"
 
     def __init__(self, conn: _Conn, completions: queue_mod.SimpleQueue, *, worker_id: Any,
                  running: RunningJobs, wake: WakeUp, stats: dict[str, int], observer: Any,
@@ -61,20 +64,13 @@ class Completer:
         self.done = done
         #: set while nothing is pending (shutdown waits for it before handing back)
         self.idle = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-completer", daemon=True)
-        self._thread.start()
 
     def drained(self) -> bool:
         """Every outcome put so far is recorded (or being given up on)."""
         return self.completions.empty() and self.idle.is_set()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def _interrupt(self) -> None:
         self.completions.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         pending: list[tuple[str, _Running, Any]] = []

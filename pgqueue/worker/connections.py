@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerrors
 
+from .component import ThreadComponent
+
 log = logging.getLogger("pgqueue.worker")
 
 #: server-side bounds of every statement the worker runs for itself (milliseconds)
@@ -214,7 +216,7 @@ class Beat:
         self.at = time.monotonic()
 
 
-class Watchdog:
+class Watchdog(ThreadComponent):
     """Every second, cuts the socket of any connection busy for longer than its limit,
     and the listener's when it showed no sign of life for ``LISTENER_SILENT`` s.
 
@@ -225,6 +227,8 @@ class Watchdog:
     :param io_timeout: seconds a bookkeeping round trip may take.
     """
 
+    thread_name = "pgqueue-watchdog"
+
     def __init__(self, conns: Iterable[_Conn], listener: _Conn | None, listener_alive: Beat,
                  done: threading.Event, *, io_timeout: float = IO_TIMEOUT,
                  listener_timeout: float = LISTENER_TIMEOUT):
@@ -234,16 +238,6 @@ class Watchdog:
         self.done = done
         self.io_timeout = io_timeout
         self.listener_timeout = listener_timeout
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-watchdog", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Wait for the thread to end (``done`` must be set)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         watched = [*self.conns, *([self.listener] if self.listener is not None else [])]

@@ -25,11 +25,12 @@ import psycopg
 from .._sql import q
 from .connections import _Conn
 from .running import RunningJobs, WakeUp
+from .component import ThreadComponent
 
 log = logging.getLogger("pgqueue.worker")
 
 
-class Heartbeat:
+class Heartbeat(ThreadComponent):
     """Heartbeats, cancellation requests and rescues.
 
     :param conn: the dedicated *heartbeat* connection.
@@ -43,6 +44,8 @@ class Heartbeat:
     :param prepare: prepare statements (False in poll-only mode).
     :param done: set when the worker's bookkeeping threads may exit.
     """
+
+    thread_name = "pgqueue-heartbeat"
 
     def __init__(self, conn: _Conn, info: dict[str, Any], *, interval: float,
                  running: RunningJobs, wake: WakeUp, stats: dict[str, int], observer: Any,
@@ -59,16 +62,6 @@ class Heartbeat:
         self.done = done
         #: monotonic time of the last successful heartbeat (None: none yet)
         self.last: float | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Wait for the thread to end (``done`` must be set)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def beat(self) -> None:
         """One heartbeat (and rescue round). Raises on a database error."""

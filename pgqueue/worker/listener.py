@@ -23,6 +23,7 @@ import psycopg
 from .._positions import ClaimPositions
 from .connections import Beat, _Conn
 from .running import WakeUp
+from .component import ThreadComponent
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -30,7 +31,7 @@ log = logging.getLogger("pgqueue.worker")
 HEALTH_EVERY = 5.0
 
 
-class Listener:
+class Listener(ThreadComponent):
     """Wakes the claim loop on notifications.
 
     :param conn: the dedicated *listen* connection.
@@ -40,6 +41,8 @@ class Listener:
     :param alive: touched whenever the connection proves alive.
     :param done: set when the worker's bookkeeping threads may exit.
     """
+
+    thread_name = "pgqueue-listener"
 
     def __init__(self, conn: _Conn, on_notify: Callable[[psycopg.Notify], None], *,
                  positions: ClaimPositions, wake: WakeUp, alive: Beat, done: threading.Event):
@@ -51,17 +54,9 @@ class Listener:
         self.done = done
         #: set once LISTEN is established
         self.listening = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-listener", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Cut the connection and wait for the thread (``done`` must be set)."""
+    def _interrupt(self) -> None:
         self.conn.cut()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self.done.is_set():

@@ -22,6 +22,7 @@ import psycopg
 
 from .._sql import q
 from .connections import _Conn
+from .component import ThreadComponent
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -29,7 +30,7 @@ log = logging.getLogger("pgqueue.worker")
 PRUNE_LOCK = 0x706771756576
 
 
-class Maintenance:
+class Maintenance(ThreadComponent):
     """Prunes and watches for long transactions.
 
     :param conn: the dedicated *maintenance* connection.
@@ -40,6 +41,8 @@ class Maintenance:
     :param stats: counters ``pruned`` and ``vacuum_warnings``.
     :param done: set when the worker's bookkeeping threads may exit.
     """
+
+    thread_name = "pgqueue-maintenance"
 
     def __init__(self, conn: _Conn, *, interval: float, first_after: float,
                  prune_after: float | None, xmin_warn_after: float, stats: dict[str, int],
@@ -53,17 +56,6 @@ class Maintenance:
         self.done = done
         #: the last finding: dict(age, pid, user, application, state, query), or None
         self.oldest_transaction: dict[str, Any] | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-maintenance",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Wait for the thread to end (``done`` must be set)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.first_after

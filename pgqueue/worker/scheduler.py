@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 from .. import serialization
 from .._sql import q
 from ..schedule import PeriodicTask, Schedule, ScheduleError, due_slots
+from .component import ThreadComponent
 
 log = logging.getLogger("pgqueue.scheduler")
 
@@ -114,7 +115,7 @@ def _describe(cron: Any, every: Any, tz: Any, task: Any) -> str:
     return f"{expr} tz={tz} task={task}"
 
 
-class Scheduler:
+class Scheduler(ThreadComponent):
     """Fires due slots of ``pgqueue.schedules``; one per worker, all workers alike.
 
     :param connect: returns a new autocommit connection (called again after a loss).
@@ -125,25 +126,23 @@ class Scheduler:
         ``poll_interval``. Slots are fired on time either way.
     """
 
+    thread_name = "pgqueue-scheduler"
+
     def __init__(self, connect: Callable[[], psycopg.Connection], *,
                  poll_interval: float = 5.0, listen: bool = True):
         self._connect = connect
         self._poll = poll_interval
         self._listen = listen
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection | None = None
         self._bad: dict[str, str] = {}   # schedule name -> definition that failed
         self.fired = 0
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pgqueue-scheduler", daemon=True)
-        self._thread.start()
+    def _interrupt(self) -> None:
+        self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         self._close()
 
     def _close(self) -> None:
