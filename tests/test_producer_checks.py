@@ -284,9 +284,12 @@ def test_aresult_waits_on_notifications_without_blocking_the_loop(t, app, dsn, s
     other = t.add.using(queue="other").enqueue(1, 1)
 
     async def waiter_query_start(ac):
+        # the waiter's last read, once it sits idle waiting for notifications (it may
+        # read twice at first: before and after its LISTEN)
         cur = await ac.execute(
             "select query_start from pg_stat_activity where datname = current_database() "
-            "and query like 'select state, result%%' and pid <> pg_backend_pid()")
+            "and query like 'select state, result%%' and pid <> pg_backend_pid() "
+            "and state = 'idle'")
         row = await cur.fetchone()
         return row[0] if row else None
 
@@ -306,6 +309,14 @@ def test_aresult_waits_on_notifications_without_blocking_the_loop(t, app, dsn, s
             while (read_at := await waiter_query_start(ac)) is None:
                 assert time.monotonic() < deadline, "aresult never read the job"
                 await asyncio.sleep(0.02)
+            # settled: the same last read twice, 0.2 s apart
+            while True:
+                await asyncio.sleep(0.2)
+                again = await waiter_query_start(ac)
+                if again == read_at:
+                    break
+                assert time.monotonic() < deadline, "aresult kept reading the job"
+                read_at = again
             await asyncio.to_thread(start_worker, app, queues=["other"])
             assert await other.aresult(timeout=10) == 2
             assert not waiting.done()
