@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from .errors import BatchSealed, EnqueueError
-from .workflow import Signature, WorkflowHandle, _Plan
+from .workflow import Signature, WorkflowHandle, _Plan, check_error_callback
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
@@ -79,11 +79,7 @@ class Batch:
         if callback is not None and not isinstance(callback, Signature):
             raise EnqueueError(f"a batch callback must be a signature (task.s(...)), got {callback!r}")
         if on_error is not None:
-            if not isinstance(on_error, Signature):
-                raise EnqueueError(f"on_error needs a task signature (task.s(...)), got {on_error!r}")
-            if on_error.immutable:
-                raise EnqueueError("the error callback always receives (failed_job_id, failure) "
-                                   "first: build it with .s(...), not .si(...)")
+            check_error_callback(on_error)
         if name is not None and (not isinstance(name, str) or "\x00" in name):
             raise EnqueueError(f"batch name must be a string without NUL, got {name!r}")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 2):

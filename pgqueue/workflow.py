@@ -583,15 +583,32 @@ class _Plan:
         return i
 
 
+def check_error_callback(on_error: Any) -> None:
+    """Refuse an error callback that is not a mutable task signature (it receives
+    ``(failed_job_id, failure)`` first). Raises :class:`EnqueueError`."""
+    if not isinstance(on_error, Signature):
+        raise EnqueueError(f"on_error needs a task signature (task.s(...)), got {on_error!r}")
+    if on_error.immutable:
+        raise EnqueueError("the error callback always receives (failed_job_id, failure) "
+                           "first: build it with .s(...), not .si(...)")
+
+
+def _enqueued(app: App, hooked: Any, wf_id: int, job_ids: list[int], tails: list[int],
+              is_list: bool) -> WorkflowHandle:
+    """After a workflow's insert: tell the enqueue hooks its ids, return its handle."""
+    if hooked is not None:
+        hooked[0].job_ids[:] = job_ids
+        hooked[0].workflow_id = wf_id
+        app.hooks.after_enqueue(hooked[1], job_id=job_ids[0])
+    return WorkflowHandle(app, wf_id, job_ids=job_ids,
+                          result_job_ids=[job_ids[i] for i in tails], result_is_list=is_list)
+
+
 def _compile(root: _Canvas, on_error: Signature | None) -> tuple[_Plan, list[int], bool]:
     plan = _Plan()
     tails, is_list = root._emit(plan, [], False, [])
     if on_error is not None:
-        if not isinstance(on_error, Signature):
-            raise EnqueueError(f"on_error needs a task signature (task.s(...)), got {on_error!r}")
-        if on_error.immutable:
-            raise EnqueueError("the error callback always receives (failed_job_id, failure) "
-                               "first: build it with .s(...), not .si(...)")
+        check_error_callback(on_error)
         plan.add(on_error, "error", [], [], False, on_error=True)
     return plan, tails, is_list
 
@@ -681,12 +698,7 @@ class WorkflowCall:
             if hooked is not None:
                 app.hooks.after_enqueue(hooked[1], exc=e)
             raise
-        if hooked is not None:
-            hooked[0].job_ids[:] = job_ids
-            hooked[0].workflow_id = wf_id
-            app.hooks.after_enqueue(hooked[1], job_id=job_ids[0])
-        return WorkflowHandle(app, wf_id, job_ids=job_ids,
-                              result_job_ids=[job_ids[i] for i in tails], result_is_list=is_list)
+        return _enqueued(app, hooked, wf_id, job_ids, tails, is_list)
 
     async def aenqueue(self) -> WorkflowHandle:
         """``enqueue`` on a caller's ``AsyncConnection`` (its transaction) or a new one."""
@@ -700,12 +712,7 @@ class WorkflowCall:
             if hooked is not None:
                 app.hooks.after_enqueue(hooked[1], exc=e)
             raise
-        if hooked is not None:
-            hooked[0].job_ids[:] = job_ids
-            hooked[0].workflow_id = wf_id
-            app.hooks.after_enqueue(hooked[1], job_id=job_ids[0])
-        return WorkflowHandle(app, wf_id, job_ids=job_ids,
-                              result_job_ids=[job_ids[i] for i in tails], result_is_list=is_list)
+        return _enqueued(app, hooked, wf_id, job_ids, tails, is_list)
 
 
 # -- the handle -----------------------------------------------------------------------------

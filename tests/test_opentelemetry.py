@@ -19,7 +19,6 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-import pgqueue  # noqa: E402
 from pgqueue.contrib.opentelemetry import ATTEMPT_KEY, PgQueueInstrumentor  # noqa: E402
 from pgqueue.workflow import chord  # noqa: E402
 from tests.apps.spans import span_record  # noqa: E402

@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgqueue
-from pgqueue import chain, migrate, roles
+from pgqueue import chain, migrate
 from pgqueue._sql import read_text
 from pgqueue.cli import main
 
