@@ -344,6 +344,11 @@ class App:
                                     "app; pass name= to tell them apart")
             serialization.encode(list(args), "args")
             serialization.encode(dict(kwargs), "kwargs")
+            # as the worker will call it: the slot comes as schedule_slot when taken
+            takes_slot = "schedule_slot" in parameters(task.fn)
+            task.check_args(args, {**kwargs, **({"schedule_slot": None} if takes_slot else {})},
+                            where=f"schedule {sname!r}: ",
+                            advice="declare arguments that bind to it")
             self.schedules[sname] = PeriodicTask(
                 name=sname, task_name=task.name, args=tuple(args), kwargs=dict(kwargs),
                 schedule=sched, queue=checked.get("queue", opts.get("queue")),
@@ -867,6 +872,14 @@ def _savepoint(conn: Any) -> Iterator[None]:
             conn.execute("release savepoint pgqueue_enqueue_many")
         raise
     conn.execute("release savepoint pgqueue_enqueue_many")
+
+
+def parameters(fn: Any) -> Any:
+    """The parameter names of ``fn`` (empty when Python cannot read its signature)."""
+    try:
+        return inspect.signature(fn).parameters if fn is not None else {}
+    except (TypeError, ValueError):
+        return {}
 
 
 def _module_name(fn: Callable[..., Any]) -> str:

@@ -454,3 +454,18 @@ def _walk(s: Schedule, next_slot: dt.datetime, now: dt.datetime, policy: str,
     if len(due) <= 1:
         return due, slot
     return {"all": due[-limit:], "latest": due[-1:], "none": []}[policy], slot
+
+
+def test_app_periodic_checks_the_arguments_against_the_task():
+    """A schedule whose arguments do not bind would fail at every slot: refused at
+    declaration, as an enqueue would be (the slot counts as given when the task takes
+    it)."""
+    app = pgqueue.App("dbname=unused")
+
+    @app.task
+    def report(kind: str, schedule_slot: dt.datetime | None = None) -> None: ...
+
+    app.periodic(report.s("daily"), every=60)
+    with pytest.raises(TypeError, match=r"schedule 'x'.*missing a required argument: 'kind'"):
+        app.periodic(report.s(), every=60, name="x")
+    assert "x" not in app.schedules

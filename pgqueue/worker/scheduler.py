@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from .. import serialization
 from .._sql import q
+from ..app import parameters
 from ..schedule import PeriodicTask, Schedule, ScheduleError, due_slots
 from .component import ThreadComponent
 
@@ -52,14 +53,8 @@ def _definition(p: PeriodicTask, declared_by: str, now: dt.datetime) -> dict[str
 
 
 def _takes_slot(p: PeriodicTask) -> bool:
-    import inspect
     fn = getattr(p.signature, "fn", None) if p.signature is not None else None
-    if fn is None:
-        return False
-    try:
-        return "schedule_slot" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return "schedule_slot" in parameters(fn)
 
 
 def upsert_declarations(conn: psycopg.Connection, declared: Iterable[PeriodicTask],
