@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -235,6 +236,11 @@ _FUNCTION_OPTIONS = ("unique_key", "delay", "run_at", "debounce", "debounce_key"
                      "debounce_max")
 
 
+#: one cursor per pooled connection (see ``enqueue_one``); dropped with the connection
+_pool_cursors: weakref.WeakKeyDictionary[psycopg.Connection, psycopg.Cursor[Any]] = (
+    weakref.WeakKeyDictionary())
+
+
 def enqueue_sql(params: dict[str, Any]) -> str:
     """The statement for one job: a plain INSERT (``enqueue_plain``) when no option
     needs the function's logic, else the ``pgqueue.enqueue`` call."""
@@ -254,8 +260,18 @@ def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
     if obj is None:
         obj = default_connection()
     if obj is None:
-        with app.connection() as conn:
-            return conn.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
+        # The pool's connections are autocommit and lent to one thread at a time, so
+        # each keeps one cursor: a new cursor per call costs more than the client's
+        # whole share of the INSERT (its adapters map is copied each time).
+        pool = app.pool
+        conn = pool.getconn()
+        try:
+            cur = _pool_cursors.get(conn)
+            if cur is None or cur.closed:
+                cur = _pool_cursors[conn] = conn.cursor()
+            return cur.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
+        finally:
+            pool.putconn(conn)
     if isinstance(obj, psycopg.Connection):
         return obj.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
     if isinstance(obj, psycopg.AsyncConnection) or _is_sa_async(obj):
