@@ -4,7 +4,9 @@ Installs each peer into its own virtual environment (pip, from the package index
 under --venvs (default: a directory in the system's temp dir, kept for the next run),
 creates one scratch database per PostgreSQL peer, then runs every scenario against
 every system in turn, round after round (the order rotates each round), and prints the
-median jobs/s of each and pgqueue's ratio to it. Each run is a fresh process.
+median of each (jobs/s; commit -> handler start p50 and p99 in ms for latency) and how
+pgqueue compares (pgqueue / peer for jobs/s, peer / pgqueue for ms: above 1x pgqueue
+is better either way). Each run is a fresh process.
 
     python benchmarks/peers/run.py --rounds 3 --jobs 5000
 
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import venv
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -29,7 +32,11 @@ PEERS = {
     "procrastinate": ["procrastinate"],
     "celery": ["celery[redis]"],
 }
-SCENARIOS = ["enqueue", "bulk", "drain"]
+SCENARIOS = ["enqueue", "bulk", "drain", "drain2", "latency"]
+#: scenarios reporting commit -> handler start percentiles (ms) instead of jobs/s, and
+#: the percentiles the table shows
+LATENCY = {"latency"}
+PERCENTILES = ["p50_ms", "p99_ms"]
 
 
 def sh(cmd: list[str], **kw: object) -> None:
@@ -69,6 +76,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--samples", type=int, default=200,
+                   help="latency samples per run (after 20 warm-up samples)")
     p.add_argument("--peers", default="pgqueuer,procrastinate,celery")
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--json-out")
@@ -86,9 +95,9 @@ def main() -> None:
     for name in systems:
         if name != "celery":
             ensure_db(admin, f"peers_{name}")
-    versions = {n: version(py, "pgqueue" if n == "pgqueue" else n)
+    versions = {n: version(py, "pgqueue-jobs" if n == "pgqueue" else n)
                 for n, (py, _, _) in systems.items()}
-    results: dict[str, dict[str, list[float]]] = {s: {n: [] for n in systems} for s in scenarios}
+    results: dict[str, dict[str, list]] = {s: {n: [] for n in systems} for s in scenarios}
     order = list(systems)
     for r in range(a.rounds):
         rot = order[r % len(order):] + order[:r % len(order)]
@@ -96,36 +105,67 @@ def main() -> None:
             for name in rot:
                 py, script, env = systems[name]
                 dsn = f"postgresql://{a.user}@{a.host}/peers_{name}"
-                cmd = [py, script, "--dsn", dsn, "--scenario", s, "--jobs", str(a.jobs)]
+                cmd = [py, script, "--dsn", dsn, "--scenario", s, "--jobs", str(a.jobs),
+                       "--samples", str(a.samples)]
                 if name != "pgqueuer":
                     cmd += ["--concurrency", str(a.concurrency)]
                 proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env={**os.environ, **env}, timeout=900)
                 try:
-                    rate = json.loads(proc.stdout.strip().splitlines()[-1])["jobs_per_s"]
-                except (IndexError, ValueError, KeyError):
-                    print(f"round {r + 1} {s} {name}: failed\n{proc.stderr[-2000:]}",
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    value = ({k: out[k] for k in ("p50_ms", "p95_ms", "p99_ms")}
+                             if s in LATENCY else out["jobs_per_s"])
+                    if out.get("ok") is False:
+                        raise ValueError("incomplete run")
+                except (IndexError, ValueError, KeyError) as e:
+                    print(f"round {r + 1} {s} {name}: failed ({e})\n{proc.stderr[-2000:]}",
                           file=sys.stderr)
                     continue
-                results[s][name].append(rate)
-                print(f"round {r + 1} {s:8} {name:14} {rate:>9,.0f} jobs/s", file=sys.stderr)
-    med = {s: {n: (statistics.median(v) if v else None) for n, v in d.items()}
-           for s, d in results.items()}
+                results[s][name].append(value)
+                shown = (f"p50 {value['p50_ms']:.2f} ms, p95 {value['p95_ms']:.2f} ms, "
+                         f"p99 {value['p99_ms']:.2f} ms" if s in LATENCY
+                         else f"{value:>9,.0f} jobs/s")
+                print(f"round {r + 1} {s:8} {name:14} {shown}", file=sys.stderr)
+    med: dict[str, dict[str, Any]] = {}
+    for s, d in results.items():
+        if s in LATENCY:
+            med[s] = {n: ({k: statistics.median(x[k] for x in v)
+                           for k in ("p50_ms", "p95_ms", "p99_ms")} if v else None)
+                      for n, v in d.items()}
+        else:
+            med[s] = {n: (statistics.median(v) if v else None) for n, v in d.items()}
     names = list(systems)
-    head = "| scenario (jobs/s, median) | " + " | ".join(
-        f"{n} {versions[n]}" for n in names) + " | " + " | ".join(
-        f"pgqueue / {n}" for n in names[1:]) + " |"
-    print(head)
-    print("|---" * (2 * len(names)) + "|")
+    # one row per throughput scenario (jobs/s, higher is better, ratio pgqueue / peer)
+    # and one per latency percentile (ms, lower is better, ratio peer / pgqueue)
+    rows: list[tuple[str, dict[str, float | None], bool]] = []
     for s in scenarios:
-        cells = [f"{med[s][n]:,.0f}" if med[s][n] else "–" for n in names]
-        ratios = [f"{med[s]['pgqueue'] / med[s][n]:.2f}×" if med[s][n] and med[s]["pgqueue"]
-                  else "–" for n in names[1:]]
-        print(f"| {s} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        if s in LATENCY:
+            for k in PERCENTILES:
+                rows.append((f"{s} {k[:-3]} (ms)",
+                             {n: m[k] if m else None for n, m in med[s].items()}, True))
+        else:
+            rows.append((f"{s} (jobs/s)", med[s], False))
+    print("| scenario (median) | " + " | ".join(f"{n} {versions[n]}" for n in names)
+          + " | " + " | ".join(f"pgqueue vs {n}" for n in names[1:]) + " |")
+    print("|---" + "|---:" * (2 * len(names) - 1) + "|")
+    for label, v, lower_better in rows:
+        cells = [("–" if v[n] is None else f"{v[n]:,.2f}" if lower_better else f"{v[n]:,.0f}")
+                 for n in names]
+        ratios = []
+        for n in names[1:]:
+            mine, theirs = v["pgqueue"], v[n]
+            if not mine or not theirs:
+                ratios.append("–")
+            else:
+                ratios.append(f"{(theirs / mine if lower_better else mine / theirs):.2f}×")
+        print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    print("\n\"pgqueue vs peer\": pgqueue / peer for jobs/s (higher is better), peer / "
+          "pgqueue for latency in ms (lower is better); above 1× pgqueue is better in "
+          "every row.")
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump({"jobs": a.jobs, "rounds": a.rounds, "versions": versions,
-                       "runs": results, "medians": med}, f, indent=1)
+            json.dump({"jobs": a.jobs, "rounds": a.rounds, "samples": a.samples,
+                       "versions": versions, "runs": results, "medians": med}, f, indent=1)
 
 
 if __name__ == "__main__":
