@@ -495,6 +495,42 @@ def unknown_task_message(app: App, name: str, opt_out: str, where: str = "this a
             f"or {opt_out}")
 
 
+def _plain_params(sig: inspect.Signature | None) -> tuple[dict[str, int], int] | None:
+    """``(position of each name, count of required parameters)`` when every parameter of
+    ``sig`` is positional-or-keyword and the required ones come first (the usual
+    ``def f(a, b, c=1)``); ``None`` for any other shape, which ``Signature.bind`` checks."""
+    if sig is None:
+        return None
+    names: dict[str, int] = {}
+    required = 0
+    for i, p in enumerate(sig.parameters.values()):
+        if p.kind is not p.POSITIONAL_OR_KEYWORD:
+            return None
+        if p.default is p.empty:
+            if required != i:
+                return None
+            required += 1
+        names[p.name] = i
+    return names, required
+
+
+def _binds(plain: tuple[dict[str, int], int], n_positional: int,
+           kwargs: dict[str, Any]) -> bool:
+    """True when ``n_positional`` positional arguments and ``kwargs`` bind to the
+    parameters ``plain`` describes; False means "let ``Signature.bind`` say why"."""
+    names, required = plain
+    if n_positional > len(names):
+        return False
+    covered = n_positional
+    for k in kwargs:
+        i = names.get(k)
+        if i is None or i < n_positional:
+            return False            # unknown, or given twice
+        if i < required:
+            covered += 1
+    return covered >= required
+
+
 class Task:
     """A registered task. Call it like the function; enqueue it to run on a worker."""
 
@@ -538,6 +574,8 @@ class Task:
         self._max_attempts: int = self.defaults["max_attempts"]
         self.defaults["max_attempts"] = None
         self._signature: inspect.Signature | None | bool = False   # False: not looked up yet
+        #: (names, required) when every parameter is positional-or-keyword (see _binds)
+        self._plain_params: tuple[dict[str, int], int] | None = None
         if self.fn is not None:
             self.__doc__ = fn.__doc__
             self.__wrapped__ = fn
@@ -579,9 +617,14 @@ class Task:
             except (TypeError, ValueError):     # a builtin or C callable: nothing to read
                 sig = None
             self._signature = sig
+            self._plain_params = _plain_params(sig)
         if sig is None:
             return
-        lead = (None,) * (int(self.pass_context) + inputs)
+        n_lead = int(self.pass_context) + inputs
+        plain = self._plain_params
+        if plain is not None and _binds(plain, n_lead + len(args), kwargs):
+            return          # the common shape, checked without building a BoundArguments
+        lead = (None,) * n_lead
         try:
             sig.bind(*lead, *args, **kwargs)
         except TypeError as e:

@@ -175,6 +175,17 @@ def decode(value: Any) -> Any:
     return value
 
 
+def _plain_scalar(v: Any) -> bool:
+    """A value that encode() returns unchanged and that needs no check beyond its type:
+    None, a bool, an int of at most 64 bits, a short ASCII str without NUL."""
+    t = type(v)
+    if t is int:
+        return -(1 << 63) <= v < (1 << 63)
+    if t is str:
+        return len(v) <= 256 and v.isascii() and "\x00" not in v
+    return v is None or t is bool
+
+
 def dumps(value: Any, path: str = "value") -> str:
     """Encode and serialize to a JSON string (for a ``jsonb`` parameter)."""
     # Fast paths for the most common values: no result, no arguments.
@@ -185,6 +196,10 @@ def dumps(value: Any, path: str = "value") -> str:
         return "[]"
     if t is dict and not value:
         return "{}"
+    if (t is list or t is tuple) and len(value) <= 16 and all(map(_plain_scalar, value)):
+        # A short flat list of small ints, ASCII strings, booleans and nulls (most
+        # arguments): JSON as it stands, no tagging walk, no float to write out.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     if (t is str or t is bytes) and len(value) > MAX_DOCUMENT_BYTES:
         _too_large(path, len(value))     # before base64 or a copy doubles it
     try:

@@ -168,7 +168,7 @@ def main() -> None:
             b.cleanup()
             t0 = time.perf_counter()
             for start in range(0, a.jobs, BULK):
-                b.noop.enqueue_many([(i,)] for i in range(start, min(a.jobs, start + BULK)))
+                b.noop.enqueue_many((i,) for i in range(start, min(a.jobs, start + BULK)))
             out = {"jobs_per_s": round(a.jobs / (time.perf_counter() - t0))}
             b.cleanup()
         elif a.scenario == "drain":
