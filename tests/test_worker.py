@@ -315,3 +315,28 @@ def test_sync_timeout_never_lets_a_second_attempt_run_beside_the_first(app, star
     rows = conn.execute("select attempt, started, ended from runs order by attempt").fetchall()
     assert [r[0] for r in rows] == [1, 2]
     assert rows[1][1] >= rows[0][2]     # attempt 2 started after attempt 1 returned
+
+
+def test_a_stopped_worker_leaves_no_row_even_when_a_heartbeat_falls_due(app, dsn, conn,
+                                                                        start_worker,
+                                                                        monkeypatch):
+    """The heartbeat registers the worker (an upsert): one due after the row's deletion
+    at shutdown brought a stopped worker back to life in pgqueue.workers. A pause of
+    several heartbeat intervals right after the delete makes such a beat certain."""
+    from pgqueue.worker import shutdown
+
+    real = shutdown.hand_back
+
+    def slow_hand_back(*args, **kwargs):
+        real(*args, **kwargs)
+        time.sleep(0.5)     # 10 heartbeat intervals after the delete, before exiting
+
+    monkeypatch.setattr(shutdown, "hand_back", slow_hand_back)
+    app.task(lambda: None, name="t.idle")
+    w = start_worker(app, heartbeat_interval=0.05, stale_after=1.0)
+    wid = w.worker.id
+    assert conn.execute("select count(*) from pgqueue.workers where id = %s",
+                        (wid,)).fetchone()[0] == 1
+    w.stop()
+    assert conn.execute("select count(*) from pgqueue.workers where id = %s",
+                        (wid,)).fetchone()[0] == 0

@@ -446,7 +446,9 @@ class Worker:
         # Record every outcome already known, then hand back the rest in one transaction.
         shutdown_mod.hand_back(self._claim, self._running, leftovers, worker_id=self.id,
                                stale_after=self.stale_after,
-                               drained=self._completer_c.drained)
+                               drained=self._completer_c.drained,
+                               before_delete=(self._heartbeat.stop if self._heartbeat
+                                              is not None else None))
         self._done.set()
         for c in self._components:
             c.stop()

@@ -62,6 +62,12 @@ class Heartbeat(ThreadComponent):
         self.done = done
         #: monotonic time of the last successful heartbeat (None: none yet)
         self.last: float | None = None
+        self._halt = threading.Event()
+
+    def _interrupt(self) -> None:
+        # Stopped before the worker's row is deleted: a beat after the delete would
+        # register the stopped worker again (the heartbeat is an upsert).
+        self._halt.set()
 
     def beat(self) -> None:
         """One heartbeat (and rescue round). Raises on a database error."""
@@ -96,7 +102,8 @@ class Heartbeat(ThreadComponent):
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.interval
-        while not self.done.wait(max(0.0, next_at - time.monotonic())):
+        while (not self._halt.wait(max(0.0, next_at - time.monotonic()))
+               and not self.done.is_set()):
             next_at = time.monotonic() + self.interval
             try:
                 self.beat()

@@ -90,9 +90,11 @@ def drain(running: RunningJobs, wake: WakeUp, *, grace: float, hurry: threading.
 
 
 def hand_back(conn: _Conn, running: RunningJobs, leftovers: list[_Running], *,
-              worker_id: Any, stale_after: float, drained: Callable[[], bool]) -> None:
+              worker_id: Any, stale_after: float, drained: Callable[[], bool],
+              before_delete: Callable[[], None] | None = None) -> None:
     """Once every known outcome is recorded (``drained()``, at most 10 s), hand back the
-    ``leftovers`` still owned in one transaction, then delete the worker's row."""
+    ``leftovers`` still owned in one transaction, then delete the worker's row (after
+    ``before_delete()``: the heartbeat stops there, or it would register the row again)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not drained():
         time.sleep(0.01)
@@ -107,6 +109,8 @@ def hand_back(conn: _Conn, running: RunningJobs, leftovers: list[_Running], *,
         except Exception as e:  # noqa: BLE001
             log.error("could not hand back %d jobs (%s); they will be rescued after "
                       "%.0f s", len(back), e, stale_after)
+    if before_delete is not None:
+        before_delete()
     try:
         conn.run(lambda c: c.execute(q("worker_delete"), {"worker_id": worker_id}))
     except Exception:  # noqa: BLE001, S110 - the row goes with the next rescue or prune
