@@ -107,8 +107,9 @@ def main() -> None:
                 dsn = f"postgresql://{a.user}@{a.host}/peers_{name}"
                 cmd = [py, script, "--dsn", dsn, "--scenario", s, "--jobs", str(a.jobs),
                        "--samples", str(a.samples)]
-                if name != "pgqueuer":
-                    cmd += ["--concurrency", str(a.concurrency)]
+                # pgqueuer's knob for jobs in flight is the batch it fetches and runs
+                cmd += ["--batch-size" if name == "pgqueuer" else "--concurrency",
+                        str(a.concurrency)]
                 proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env={**os.environ, **env}, timeout=900)
                 try:
