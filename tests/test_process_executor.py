@@ -163,3 +163,44 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("how", ["crash", "hang"])
+def test_children_that_fail_to_start_are_retried_with_backoff(dsn, start_worker,
+                                                              monkeypatch, how):
+    """A replacement child that dies or hangs while starting (a broken deploy, an
+    import that blocks) is not followed by a tight loop of new processes: the next
+    start waits, longer after each failure; once children start again the pool is
+    whole and runs jobs."""
+    import uuid as uuid_mod
+
+    from pgqueue.worker.executors import processes
+
+    from .apps import procs_flaky
+
+    monkeypatch.setattr(processes, "START_TIMEOUT", 1.0)
+    token = uuid_mod.uuid4().hex
+    path = procs_flaky.flag(token)
+    app = pgqueue.App(dsn)
+    app.task(lambda: None, name="flaky.pid", executor="process")
+    try:
+        w = start_worker(app, executor="process", concurrency=2,
+                         app_spec=procs_flaky.spec(token))
+        ex = w.worker.processes
+        assert len(ex.pids) == 2
+        with open(path, "w") as f:
+            f.write(how)
+        launched = ex.launched
+        os.kill(ex.pids[0], signal.SIGKILL)
+        time.sleep(4.0)    # bounded: counts the launches a failing start causes
+        # waits of 0.5, 1 and 2 s (plus the 1 s start timeout when it hangs): a
+        # handful of launches, where an immediate restart makes hundreds
+        assert 2 <= ex.launched - launched <= 5, ex.launched - launched
+        os.unlink(path)
+        wait_until(lambda: len(ex.pids) == 3, 15, message="a replacement started")
+        jobs = [app.tasks["flaky.pid"].enqueue() for _ in range(6)]
+        assert {j.result(timeout=30) for j in jobs} <= set(ex.pids[1:])
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        app.close()

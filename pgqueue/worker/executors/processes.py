@@ -16,7 +16,10 @@ A slot sends its child the job's id, attempt, task name and JSON text, and waits
 - a child that dies (a signal, an exit, out of memory) fails only its own attempt, with
   an error entry ``pgqueue.ChildProcessDied`` naming the signal or exit code;
 - after each job, a child that ran ``max_tasks_per_child`` jobs, or whose resident
-  memory exceeds ``max_memory_per_child`` MiB, is retired and replaced.
+  memory exceeds ``max_memory_per_child`` MiB, is retired and replaced;
+- a replacement that fails to start (importing the app raises, the process dies, or it
+  is not ready within ``START_TIMEOUT`` s and is killed) is followed by the next one
+  only after a wait that doubles with each failure in a row, from 0.5 s up to 30 s.
 
 Runs no SQL in the worker (a transactional task's transaction runs in its child).
 """
@@ -46,6 +49,9 @@ CANCEL_GRACE = 5.0
 START_TIMEOUT = 60.0
 #: seconds between two looks at a running job's cancellation flag
 POLL_STEP = 0.1
+#: first and longest wait before replacing a child that failed to start (doubling)
+RESTART_BACKOFF = 0.5
+RESTART_BACKOFF_MAX = 30.0
 
 
 class ChildFailed(Exception):
@@ -61,6 +67,8 @@ class _Child:
         self.cancel_id = cancel_id
         self.pid = proc.pid
         self.ready = False
+        #: monotonic time it was started (it must be ready within START_TIMEOUT)
+        self.born = time.monotonic()
         self.jobs = 0
         self.rss = 0.0
         self.job: _Running | None = None
@@ -169,6 +177,11 @@ class ProcessExecutor:
         self._thread: threading.Thread | None = None
         #: pids of every child started (for tests and the bench)
         self.pids: list[int] = []
+        #: children launched, ready or not (for tests)
+        self.launched = 0
+        #: failed starts in a row, and the monotonic times replacements are due at
+        self._start_failures = 0
+        self._launch_due: list[float] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -245,6 +258,7 @@ class ProcessExecutor:
         proc.start()
         child_end.close()
         c = _Child(proc, parent_end, cancel_id)
+        self.launched += 1
         with self._lock:
             self._children.append(c)
         self._selector.register(parent_end.fileno(), selectors.EVENT_READ, c)
@@ -257,6 +271,7 @@ class ProcessExecutor:
         if msg[0] != "ready":
             raise ChildFailed(f"importing the app {self.app_spec!r} failed:\n{msg[1]}")
         c.ready = True
+        self._start_failures = 0
         self.pids.append(msg[1])
 
     def _assign(self, c: _Child, r: _Running) -> None:
@@ -308,8 +323,20 @@ class ProcessExecutor:
             self._retired.append((c, time.monotonic()))
         else:
             c.kill()
-        if not self._stopping:
+        if self._stopping:
+            return
+        if c.ready:
             self._launch()
+            return
+        # It failed before it could take a job (the app's import broke, the process
+        # died or hung while starting): the next one would most likely fail alike, so
+        # wait before it, longer after each failure in a row, rather than start
+        # processes in a tight loop. The slot stays short meanwhile.
+        self._start_failures += 1
+        delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self._start_failures - 1))
+        log.error("process executor: a new child process failed to start (%d in a row); "
+                  "starting another in %.1f s", self._start_failures, delay)
+        self._launch_due.append(time.monotonic() + delay)
 
     def _poke(self) -> None:
         try:
@@ -348,9 +375,12 @@ class ProcessExecutor:
         now = time.monotonic()
         wait = POLL_STEP
         for c in children:
-            for t in (c.deadline if c.job is not None else None, c.kill_at):
+            for t in (c.deadline if c.job is not None else None, c.kill_at,
+                      None if c.ready else c.born + START_TIMEOUT):
                 if t is not None:
                     wait = min(wait, max(0.0, t - now))
+        for t in self._launch_due:
+            wait = min(wait, max(0.0, t - now))
         for key, _ in self._selector.select(wait):
             c = key.data
             if c is None:
@@ -381,7 +411,16 @@ class ProcessExecutor:
                 continue
             self._message(c, msg)
         now = time.monotonic()
+        for t in [t for t in self._launch_due if t <= now]:
+            self._launch_due.remove(t)
+            if not self._stopping:
+                self._launch()
         for c in children:
+            if not c.ready and c in self._children and now - c.born > START_TIMEOUT:
+                log.error("process executor: child process %s did not import the app "
+                          "within %.0f s; killing it", c.pid, START_TIMEOUT)
+                self._replace(c)
+                continue
             r = c.job
             if r is None:
                 continue
@@ -417,7 +456,6 @@ class ProcessExecutor:
         if msg[0] == "broken":
             log.error("process executor: a new child cannot import the app:\n%s", msg[1])
             self._replace(c)
-            time.sleep(1.0)
             return
         _, _job_id, outcome, rss = msg
         r, c.job = c.job, None
@@ -441,8 +479,12 @@ class ProcessExecutor:
             self._end(c, fail={"type": "pgqueue.ChildProcessDied",
                                "message": f"the child process (pid {c.pid}) running this "
                                           f"attempt {how}", "traceback": None})
-        else:
+        elif c.ready:
             log.warning("an idle child process %s %s; replacing it", c.pid, how)
+            self._replace(c)
+        else:
+            log.error("process executor: a new child process %s %s before it was ready",
+                      c.pid, how)
             self._replace(c)
 
     def _end(self, c: _Child, *, fail: dict[str, Any] | None = None,
