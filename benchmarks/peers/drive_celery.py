@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import time
 import redis
 from celery import Celery, group
 from celery.exceptions import TimeoutError as ResultTimeout
+from _common import percentiles, stop
 
 BULK = 1000
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,16 +53,6 @@ def start_worker(concurrency: int, name: str) -> subprocess.Popen[bytes]:
          "--without-gossip", "--without-heartbeat", "-l", "WARNING"],
         cwd=HERE, env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL)
 
-
-def stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        try:
-            w.wait(30)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait()
 
 
 def drain(n: int, concurrency: int, processes: int) -> dict:
@@ -103,9 +93,7 @@ def latency(samples: int, concurrency: int) -> dict:
             time.sleep(0.002)
     finally:
         stop([w])
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3),
-            "ok": lost == 0}
+    return {**percentiles(lat), "ok": lost == 0}
 
 
 def main() -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import pgqueue
 from pgqueue import App
 from pgqueue.bench import NOOP, Bench
 from pgqueue.migrate import apply
+from _common import percentiles, stop
 
 BULK = 1000
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,17 +59,6 @@ def start_worker(a: argparse.Namespace, name: str, poll_interval: float) -> subp
          "--poll-interval", str(poll_interval), "--name", f"pgqueue-bench:{name}"],
         cwd=HERE, env=env, stdout=subprocess.DEVNULL)
 
-
-def stop(workers: list[subprocess.Popen[bytes]]) -> None:
-    for w in workers:
-        if w.poll() is None:
-            w.send_signal(signal.SIGTERM)
-    for w in workers:
-        try:
-            w.wait(30)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait()
 
 
 def drain2(b: Bench, a: argparse.Namespace) -> dict[str, object]:
@@ -139,10 +127,6 @@ def latency(b: Bench, a: argparse.Namespace) -> dict[str, object]:
         b.cleanup()
     return {**percentiles(lat), "ok": lost == 0}
 
-
-def percentiles(lat: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3)}
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import asyncpg
 from pgqueuer import Queries, QueueManager
 from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
 from pgqueuer.types import QueueExecutionMode
+from _common import percentiles
 
 BULK = 1000
 
@@ -115,10 +115,6 @@ async def latency(a: argparse.Namespace, conn: asyncpg.Connection) -> dict:
         await econn.close()
     return {**percentiles(lat), "ok": lost == 0}
 
-
-def percentiles(lat: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3)}
 
 
 async def run(a: argparse.Namespace) -> dict:

@@ -10,13 +10,13 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import procrastinate
 import psycopg
+from _common import percentiles
 
 BULK = 1000
 #: handler start times of the latency probe, by sequence number (same process), and
@@ -128,10 +128,6 @@ async def latency(a: argparse.Namespace) -> dict:
                 pass
     return {**percentiles(lat), "ok": lost == 0}
 
-
-def percentiles(lat: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3)}
 
 
 def main() -> None:
