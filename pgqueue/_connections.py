@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -236,11 +235,6 @@ _FUNCTION_OPTIONS = ("unique_key", "delay", "run_at", "debounce", "debounce_key"
                      "debounce_max")
 
 
-#: one cursor per pooled connection (see ``enqueue_one``); dropped with the connection
-_pool_cursors: weakref.WeakKeyDictionary[psycopg.Connection, psycopg.Cursor[Any]] = (
-    weakref.WeakKeyDictionary())
-
-
 def enqueue_sql(params: dict[str, Any]) -> str:
     """The statement for one job: a plain INSERT (``enqueue_plain``) when no option
     needs the function's logic, else the ``pgqueue.enqueue`` call."""
@@ -262,13 +256,15 @@ def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
     if obj is None:
         # The pool's connections are autocommit and lent to one thread at a time, so
         # each keeps one cursor: a new cursor per call costs more than the client's
-        # whole share of the INSERT (its adapters map is copied each time).
+        # whole share of the INSERT (its adapters map is copied each time). The cursor
+        # is an attribute of its connection, not a value of a weak-keyed map: it holds
+        # the connection, so such a map would keep every connection the pool dropped.
         pool = app.pool
         conn = pool.getconn()
         try:
-            cur = _pool_cursors.get(conn)
+            cur = getattr(conn, "_pgqueue_cursor", None)
             if cur is None or cur.closed:
-                cur = _pool_cursors[conn] = conn.cursor()
+                cur = conn._pgqueue_cursor = conn.cursor()  # type: ignore[attr-defined]
             return cur.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
         finally:
             pool.putconn(conn)

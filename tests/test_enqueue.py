@@ -212,3 +212,42 @@ def test_result_timeout_says_when_no_live_worker_runs_the_task(app, add, start_w
     assert "no live worker" not in str(e.value) and "state scheduled" in str(e.value)
     assert job.result(timeout=10) == 3
     other.close()
+
+
+def test_connections_the_pool_lets_go_are_freed_with_their_cached_cursor(dsn, conn,
+                                                                          monkeypatch):
+    """enqueue() on the app's pool reuses one cursor per pooled connection. A cursor
+    holds its connection, so a cache that holds the cursor must not outlive the pool's
+    hold on the connection: every connection the pool discarded (its backend was
+    terminated) or closed (app.close()) was kept alive for the life of the process."""
+    import gc
+    import logging
+    import weakref
+
+    # the pool's warning about the discarded connection would hold it (pytest keeps records)
+    monkeypatch.setattr(logging.getLogger("psycopg.pool"), "disabled", True)
+    app = pgqueue.App(dsn, pool_min_size=1, pool_max_size=1)
+    one = app.task(lambda x: x, name="t.one")
+    ids = [one.enqueue(1).id]
+    with app.connection() as c:
+        terminated = weakref.ref(c)
+        pid = c.info.backend_pid
+    conn.execute("select pg_terminate_backend(%s)", (pid,))
+
+    def enqueue_again():
+        try:
+            ids.append(one.enqueue(2).id)
+        except psycopg.OperationalError:   # the dead connection, once: the pool drops it
+            return False
+        return True
+    wait_until(enqueue_again, 10, interval=0.1, message="an enqueue on a new connection")
+    with app.connection() as c:
+        assert c is not terminated()
+        closed = weakref.ref(c)
+    del c
+    app.close()
+    ids.append(one.enqueue(3).id)            # a new pool after close()
+    app.close()
+    gc.collect()
+    assert (terminated(), closed()) == (None, None)
+    assert conn.execute("select array_agg(id order by id) from pgqueue.jobs").fetchone()[0] == ids
