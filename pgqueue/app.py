@@ -620,6 +620,8 @@ class Task:
             self._plain_params = _plain_params(sig)
         if sig is None:
             return
+        if not isinstance(args, (tuple, list)):
+            args = tuple(args)      # any iterable, as bind() unpacks it; counted below
         n_lead = int(self.pass_context) + inputs
         plain = self._plain_params
         if plain is not None and _binds(plain, n_lead + len(args), kwargs):

@@ -76,3 +76,16 @@ def test_dumps_of_flat_lists_matches_the_tagged_encoding(value):
     assert json.loads(got) == json.loads(expected)
     if not any(type(v) is float for v in value):
         assert got == expected
+
+
+def test_check_args_takes_any_iterable_as_its_positional_arguments():
+    """check_args takes ``args`` as an Iterable, as Signature.bind unpacks any: the fast
+    path's len() raised on a generator or an iterator whose arguments bind."""
+    task = App("postgresql://unused").task(lambda a, b=1: None, name="t.gen")
+    task.check_args((x for x in (1, 2)), {})
+    task.check_args(iter([1]), {"b": 2})
+    task.check_args(range(1), {})
+    with pytest.raises(TypeError, match=r"t\.gen\(\) too many positional arguments"):
+        task.check_args(iter([1, 2, 3]), {})
+    with pytest.raises(TypeError, match=r"t\.gen\(\) multiple values for argument 'b'"):
+        task.check_args((x for x in (1, 2)), {"b": 2})
