@@ -204,3 +204,46 @@ def test_children_that_fail_to_start_are_retried_with_backoff(dsn, start_worker,
         if os.path.exists(path):
             os.unlink(path)
         app.close()
+
+
+def test_a_child_process_that_cannot_be_started_is_retried_and_loses_no_outcome(
+        dsn, start_worker, monkeypatch):
+    """Starting the replacement of a child that died can fail in the parent (fork
+    refused under a container's pids limit or without memory, the fork server gone):
+    that exception escaped the supervisor's round, so the job of the dead child kept
+    its row running under a live worker forever and the slot was lost for good. It is
+    a failed start like the others: retried after the wait, the outcome recorded."""
+    import errno
+    import uuid as uuid_mod
+
+    from .apps import procs_flaky
+
+    app = pgqueue.App(dsn)
+    app.task(lambda: None, name="flaky.pid", executor="process")
+    nap = app.task(lambda seconds: None, name="flaky.nap", executor="process")
+    try:
+        w = start_worker(app, executor="process", concurrency=1,
+                         app_spec=procs_flaky.spec(uuid_mod.uuid4().hex))
+        ex = w.worker.processes
+        victim = nap.using(max_attempts=1).enqueue(60)
+        wait_until(lambda: job(dsn, victim.id)[0] == "running", 15, message="victim running")
+        real_process, refused = ex._mp.Process, []
+
+        def refuse() -> None:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        def process(*args, **kwargs):
+            p = real_process(*args, **kwargs)
+            if len(refused) < 2:     # the next two starts fail as fork does
+                refused.append(p)
+                p.start = refuse
+            return p
+        monkeypatch.setattr(ex._mp, "Process", process)
+        os.kill(ex.pids[0], signal.SIGKILL)
+        wait_until(lambda: job(dsn, victim.id)[0] == "discarded", 10,
+                   message="the dead child's attempt recorded")
+        assert job(dsn, victim.id)[2][0]["type"] == "pgqueue.ChildProcessDied"
+        pid = app.tasks["flaky.pid"].enqueue().result(timeout=15)   # waits 0.5 + 1 s
+        assert len(refused) == 2 and pid == ex.pids[-1] != ex.pids[0]
+    finally:
+        app.close()

@@ -23,6 +23,12 @@ def pid() -> int:
     return os.getpid()
 
 
+@_app.task(name="flaky.nap", executor="process")
+def nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def spec(token: str) -> str:
     return f"{__name__}:app_{token}"
 

@@ -255,8 +255,13 @@ class ProcessExecutor:
         cancel_id = self._mp.RawValue("q", 0)
         proc = self._mp.Process(target=_child.main, name="pgqueue-child", daemon=True,
                                 args=(child_end, self.app_spec, self.conninfo, cancel_id))
-        proc.start()
-        child_end.close()
+        try:
+            proc.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
         c = _Child(proc, parent_end, cancel_id)
         self.launched += 1
         with self._lock:
@@ -326,12 +331,27 @@ class ProcessExecutor:
         if self._stopping:
             return
         if c.ready:
-            self._launch()
+            self._relaunch()
             return
         # It failed before it could take a job (the app's import broke, the process
         # died or hung while starting): the next one would most likely fail alike, so
         # wait before it, longer after each failure in a row, rather than start
         # processes in a tight loop. The slot stays short meanwhile.
+        self._start_failed()
+
+    def _relaunch(self) -> None:
+        """Start a replacement child (in the supervisor). A process that cannot even be
+        started (fork refused under a pids limit or without memory, the fork server
+        gone) is a failed start too, tried again after the wait: raised, it lost the
+        slot for good, and with it the outcome of the job whose child was replaced."""
+        try:
+            self._launch()
+        except Exception as e:  # noqa: BLE001
+            log.error("process executor: cannot start a child process: %s", e)
+            self._start_failed()
+
+    def _start_failed(self) -> None:
+        """Start the slot's next child after the wait that this failure in a row sets."""
         self._start_failures += 1
         delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self._start_failures - 1))
         log.error("process executor: a new child process failed to start (%d in a row); "
@@ -414,7 +434,7 @@ class ProcessExecutor:
         for t in [t for t in self._launch_due if t <= now]:
             self._launch_due.remove(t)
             if not self._stopping:
-                self._launch()
+                self._relaunch()
         for c in children:
             if not c.ready and c in self._children and now - c.born > START_TIMEOUT:
                 log.error("process executor: child process %s did not import the app "
