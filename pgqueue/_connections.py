@@ -265,7 +265,10 @@ def enqueue_one(app: App, obj: Any, params: dict[str, Any]) -> int:
             cur = getattr(conn, "_pgqueue_cursor", None)
             if cur is None or cur.closed:
                 cur = conn._pgqueue_cursor = conn.cursor()  # type: ignore[attr-defined]
-            return cur.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
+            job_id = cur.execute(enqueue_sql(params), params, prepare=True).fetchone()[0]
+            if not conn.autocommit:     # a borrower turned it off: commit as `with conn` did
+                conn.commit()
+            return job_id
         finally:
             pool.putconn(conn)
     if isinstance(obj, psycopg.Connection):

@@ -251,3 +251,20 @@ def test_connections_the_pool_lets_go_are_freed_with_their_cached_cursor(dsn, co
     gc.collect()
     assert (terminated(), closed()) == (None, None)
     assert conn.execute("select array_agg(id order by id) from pgqueue.jobs").fetchone()[0] == ids
+
+
+def test_pool_enqueue_commits_on_a_connection_handed_back_out_of_autocommit(dsn, conn):
+    """A borrower of app.connection() that turned autocommit off gives the connection
+    back so. enqueue() on the pool still commits its job there, as the pool's
+    connection() block did: with getconn()/putconn() alone the pool rolled the insert
+    back on return, and the caller held the id of a job that never existed."""
+    app = pgqueue.App(dsn, pool_min_size=1, pool_max_size=1)
+    one = app.task(lambda x: x, name="t.one")
+    try:
+        with app.connection() as c:
+            c.autocommit = False
+        job = one.enqueue(1)
+        assert conn.execute("select id, state from pgqueue.jobs").fetchall() == [
+            (job.id, "available")]
+    finally:
+        app.close()
