@@ -222,6 +222,10 @@ class Claimer:
         for row in rows:
             self._start(row)
         self.stats["claimed"] += len(rows)
+        if rows:
+            # Let the executor threads just handed these jobs take the GIL now, rather
+            # than when this loop next waits on the database (its next_due round trip).
+            time.sleep(0)
         return len(rows)
 
     def _start(self, row: tuple) -> None:
