@@ -191,11 +191,14 @@ def test_children_that_fail_to_start_are_retried_with_backoff(dsn, start_worker,
         with open(path, "w") as f:
             f.write(how)
         launched = ex.launched
+        t0 = time.monotonic()
         os.kill(ex.pids[0], signal.SIGKILL)
-        time.sleep(4.0)    # bounded: counts the launches a failing start causes
-        # waits of 0.5, 1 and 2 s (plus the 1 s start timeout when it hangs): a
-        # handful of launches, where an immediate restart makes hundreds
-        assert 2 <= ex.launched - launched <= 5, ex.launched - launched
+        # Three failing starts in a row: the second comes 0.5 s after the first fails,
+        # the third 1 s after the second (and a hanging child fails only at its 1 s
+        # start timeout). Restarted at once, three crashing children take milliseconds;
+        # without a start timeout, a hanging one is never followed by a second.
+        wait_until(lambda: ex.launched - launched >= 3, 15, message="three starts")
+        assert time.monotonic() - t0 >= 1.5
         os.unlink(path)
         wait_until(lambda: len(ex.pids) == 3, 15, message="a replacement started")
         jobs = [app.tasks["flaky.pid"].enqueue() for _ in range(6)]

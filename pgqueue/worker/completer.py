@@ -130,12 +130,10 @@ class Completer(ThreadComponent):
                 if limited:
                     params["queues"] = limited
                     completed = conn.execute(q("complete_freed"), params, prepare=self.prepare)
-                    limited = []
                 else:
                     completed = conn.execute(q("complete"), params, prepare=self.prepare)
             elif limited:
                 conn.execute(q("notify_freed"), {"queues": limited}, prepare=self.prepare)
-                limited = []
             states = []
             for r, (err, discard, delay) in fails:
                 policy = r.task.retry if r.task is not None else None
@@ -160,7 +158,7 @@ class Completer(ThreadComponent):
         self.stats["failed"] += len(fails)
         if obs is not None:
             self._observe(conn, done, completed, fails, states, retry_at)
-        if fails or any(r.limited for _, r, _ in items):
+        if fails or limited:
             # a retry may be due before the next poll, or a limit's slot is free: claim
             self.wake.more()
         else:

@@ -4,11 +4,12 @@
 Owns the *listen* connection (absent in poll-only mode). A notification of a new or
 requeued job in one of the worker's queues wakes the claim loop (and moves its claim
 positions); so does a job's end in one of its queues with a concurrency limit
-(``pgqueue_freed``: a slot of the limit is free); a cancellation request is handed to the heartbeat's ``cancel``. After any
-(re)connect it asks for a catch-up claim from the start of every queue, since
-notifications sent meanwhile were lost. Every 5 s it checks the connection with
-``select 1``; it touches its :class:`~pgqueue.worker.connections.Beat` after each
-round so the watchdog can replace a connection that went silent.
+(``pgqueue_freed``: a slot of the limit is free); a cancellation request is handed to
+the heartbeat's ``cancel``. After any (re)connect it asks for a catch-up claim from the
+start of every queue, since notifications sent meanwhile were lost. Every 5 s it checks
+the connection with ``select 1``; it touches its
+:class:`~pgqueue.worker.connections.Beat` after each round so the watchdog can replace a
+connection that went silent.
 """
 
 from __future__ import annotations
