@@ -91,6 +91,7 @@ select attempt, state, worker_id from pgqueue.jobs where id = %(id)s;
 select state, result, errors from pgqueue.jobs where id = %(id)s;
 
 -- name: claim
+-- The worker sends its arrays as text literals (pgqueue._sql.array), cast here.
 -- args, kwargs and inputs come back as JSON text, parsed per job when it starts: a
 -- document this worker cannot parse (written by SQL: an integer of more digits than
 -- Python converts, nesting deeper than its recursion limit) fails only its own job.
@@ -110,7 +111,7 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
        queue = any(array(select q.name from pgqueue.queues q
                           where q.concurrency is not null
                              or q.partition_concurrency is not null)) as limited
-  from pgqueue.claim(%(worker_id)s, %(queues)s, %(tasks)s, %(batch)s,
+  from pgqueue.claim(%(worker_id)s, %(queues)s::text[], %(tasks)s::text[], %(batch)s,
                      %(position_queues)s::text[], %(position_priorities)s::smallint[],
                      %(position_run_ats)s::timestamptz[], %(position_ids)s::bigint[],
                      %(task_max_attempts)s::integer[], %(task_timeouts)s::float8[],
@@ -120,12 +121,14 @@ select id, queue, task, args::text, kwargs::text, attempt, max_attempts, priorit
 select pgqueue.next_due(%(queues)s, %(tasks)s, %(task_concurrency)s::integer[]);
 
 -- name: complete
-select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb[]);
+select pgqueue.complete(%(worker_id)s, %(ids)s::bigint[], %(attempts)s::integer[],
+                        %(results)s::jsonb[]);
 
 -- name: complete_freed
 -- complete, and tell every worker that jobs of these queues with a concurrency limit
 -- ended (slots of the limit are free): sent when the statement commits.
-select pgqueue.complete(%(worker_id)s, %(ids)s, %(attempts)s, %(results)s::jsonb[])
+select pgqueue.complete(%(worker_id)s, %(ids)s::bigint[], %(attempts)s::integer[],
+                        %(results)s::jsonb[])
  where (select count(pg_notify('pgqueue_freed', x)) from unnest(%(queues)s::text[]) x) >= 0;
 
 -- name: notify_freed

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from .. import serialization
-from .._sql import q
+from .._sql import array, q
 from .connections import _Conn, _transient
 from .outcomes import _error_dict, _storable, completion
 from .running import RunningJobs, WakeUp, _Running
@@ -124,9 +124,10 @@ class Completer(ThreadComponent):
         limited = sorted({r.queue for _, r, _ in items if r.limited})
         with conn.transaction() if fails or replacing else contextlib.nullcontext():
             if done:
-                params = {"worker_id": self.worker_id, "ids": [r.id for r, _ in done],
-                          "attempts": [r.attempt for r, _ in done],
-                          "results": [p for _, p in done]}
+                # array literals: psycopg's list dumper took ~5 us per element
+                params = {"worker_id": self.worker_id, "ids": array([r.id for r, _ in done]),
+                          "attempts": array([r.attempt for r, _ in done]),
+                          "results": array([p for _, p in done])}
                 if limited:
                     params["queues"] = limited
                     completed = conn.execute(q("complete_freed"), params, prepare=self.prepare)
