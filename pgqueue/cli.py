@@ -784,6 +784,9 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
                                      if limits.partition_rate_limit else None)}
     if as_json:
         click.echo(_dump(out))
+    elif reset:
+        click.echo(f"queue {name}: {_limits_text(out)} (the app's app.queue() declaration, "
+                   "if any, applies again from the next worker start)")
     else:
         click.echo(f"queue {name}: {_limits_text(out)}")
 
@@ -1227,7 +1230,9 @@ def schedules_show(obj: Ctx, name: str, count: int, as_json: bool) -> None:
     for k in ("name", "task", "expression", "tz", "args", "kwargs", "queue", "priority",
               "catch_up", "paused", "declared", "declared_by", "last_slot", "last_fired_at",
               "last_job_id"):
-        click.echo(f"{k + ':':15} {_cell(r[k])}")
+        # the arguments as the job gets them (JSON): an empty list is not a blank
+        v = json.dumps(r[k], ensure_ascii=False) if k in ("args", "kwargs") else _cell(r[k])
+        click.echo(f"{k + ':':15} {v}")
     if r.get("error"):
         click.echo(f"{'error:':15} {r['error']}")
     click.echo("next slots:")

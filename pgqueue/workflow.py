@@ -937,10 +937,12 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
         if s.get("replaced_by") is not None:
             label += f" (replaced by {len(s['replaced_by'])} step(s))"
         extra = [d for d in (s.get("depends_on") or [])[1:]]
+        limit = s["max_attempts"] if s["max_attempts"] is not None else "task default"
         text = (f"{'  ' * depth}- #{s['job_id']} {label}: {s['state']}, attempt "
-                f"{s['attempt']}/{s['max_attempts']}, {dur(s)}")
+                f"{s['attempt']}/{limit}, {dur(s)}")
         if s["state"] == "pending":
-            text += f", waiting for {s['deps_pending']}"
+            text += (", waiting for a step to fail" if s.get("is_error_callback")
+                     else f", waiting for {s['deps_pending']}")
         if extra:
             shown = [f"#{d}" for d in extra]
             if len(shown) > 6:      # a chord callback after 100 members: keep the line short

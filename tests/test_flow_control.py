@@ -293,7 +293,9 @@ def test_declarations_apply_at_worker_start_and_an_operator_wins(dsn, conn, star
                            "extract(epoch from partition_rate_period), limits_set_by "
                            "from pgqueue.queues where name = 'declared'").fetchone()
         assert row == (5, None, 3, 2, "operator")
-        assert cli(dsn, "queues", "set", "declared", "--reset").returncode == 0
+        r = cli(dsn, "queues", "set", "declared", "--reset")
+        assert r.returncode == 0, r.stderr
+        assert "declaration, if any, applies again from the next worker start" in r.stdout
         start_worker(flow_app, queues=["declared"]).stop()
         assert conn.execute("select concurrency, limits_set_by from pgqueue.queues "
                             "where name = 'declared'").fetchone() == (2, "app")

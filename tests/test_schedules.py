@@ -469,3 +469,19 @@ def test_app_periodic_checks_the_arguments_against_the_task():
     with pytest.raises(TypeError, match=r"schedule 'x'.*missing a required argument: 'kind'"):
         app.periodic(report.s(), every=60, name="x")
     assert "x" not in app.schedules
+
+
+def test_cli_schedules_show_writes_the_arguments_as_json(conn, dsn):
+    from click.testing import CliRunner
+
+    from pgqueue.cli import main
+    conn.execute("select pgqueue.add_schedule('tick', 'app.tick', '[]', cron => '* * * * *')")
+    conn.execute("select pgqueue.add_schedule('tock', 'app.tock', '[1, \"a\"]', "
+                 "kwargs => '{\"k\": null}', cron => '* * * * *')")
+    lines = {}
+    for name in ("tick", "tock"):
+        res = CliRunner().invoke(main, ["--dsn", dsn, "schedules", "show", name])
+        assert res.exit_code == 0, res.output
+        lines[name] = [ln.split(None, 1)[1] for ln in res.output.splitlines()
+                       if ln.split(":", 1)[0] in ("args", "kwargs")]
+    assert lines == {"tick": ["[]", "{}"], "tock": ['[1, "a"]', '{"k": null}']}

@@ -340,6 +340,20 @@ def test_cli_workflows_show(app, t, conn, dsn, start_worker):
     assert res.exit_code != 0 and "no workflow" in res.output
 
 
+def test_cli_workflows_show_names_what_waiting_steps_wait_for(app, t, conn, dsn):
+    # Nothing has run: steps left max_attempts to the task, the error callback waits
+    # for a failure, not for dependencies.
+    h = chain(t.add.s(1, 1).set(delay=3600), t.add.s(1)).enqueue(on_error=t.on_error.s())
+    from pgqueue.cli import main
+    res = CliRunner().invoke(main, ["--dsn", dsn, "workflows", "show", str(h.id)])
+    assert res.exit_code == 0, res.output
+    assert "None" not in res.output
+    assert res.output.count("attempt 0/task default") == 3
+    assert "(on error): pending, attempt 0/task default, -, waiting for a step to fail" \
+        in res.output
+    assert "pending, attempt 0/task default, -, waiting for 1" in res.output
+
+
 # -- transactions ---------------------------------------------------------------------------
 
 def test_chord_enqueued_in_a_slow_transaction_runs_only_after_commit(app, t, conn, dsn,
