@@ -142,10 +142,12 @@ class Schedule:
         local = instant.astimezone(self._zone)
         return next(CronSim(self._fields, local)).astimezone(UTC)
 
-    def _nth_before(self, instant: dt.datetime, n: int) -> dt.datetime | None:
+    def _nth_before(self, instant: dt.datetime, n: int,
+                    after: dt.datetime | None = None) -> dt.datetime | None:
         """About the ``n``-th slot at or before ``instant`` (walking back), or ``None``
-        when there are fewer. Only a starting point: slots are always taken walking
-        forward with :meth:`next_after`."""
+        when there are fewer, or fewer after ``after`` (the walk stops there: a rare
+        expression with a large ``n`` would otherwise walk back past year 1). Only a
+        starting point: slots are always taken walking forward with :meth:`next_after`."""
         from cronsim import CronSim
         it = CronSim(self._fields, (instant + dt.timedelta(microseconds=1))
                      .astimezone(self._zone), reverse=True)
@@ -153,7 +155,9 @@ class Schedule:
         try:
             for _ in range(n):
                 slot = next(it)
-        except StopIteration:
+                if after is not None and slot.astimezone(UTC) <= after:
+                    return None
+        except (StopIteration, OverflowError):   # the calendar's start
             return None
         return slot.astimezone(UTC) if slot is not None else None
 
@@ -200,7 +204,7 @@ def due_slots(schedule: Schedule, next_slot: dt.datetime, now: dt.datetime, *,
         # a long pause of a frequent expression (every minute for a year is 525,600
         # slots): find the oldest slot that can be kept by walking back from now, and
         # walk forward from there with the same code as always
-        anchor = schedule._nth_before(now, keep + 1)
+        anchor = schedule._nth_before(now, keep + 1, after=slot)
         if anchor is not None and anchor > slot:
             slot = schedule.next_after(anchor - dt.timedelta(microseconds=1))
             count = 1   # the slots before the anchor were missed

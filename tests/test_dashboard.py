@@ -475,6 +475,36 @@ def test_a_post_without_its_csrf_token_is_refused_and_changes_nothing(dashboard,
     assert state_of(conn, job_id) == "available"
 
 
+def test_a_page_of_another_site_rebound_to_loopback_is_refused(dsn, conn):
+    # DNS rebinding: the attacker's name now resolves to 127.0.0.1, so its page is
+    # same-origin with the dashboard; the browser still sends the attacker's Host.
+    evil = {"Host": "rebind.attacker.example:8900"}
+    (job_id,) = insert_jobs(conn, 1, state="discarded", error=True)
+    with serve(dsn, "--allowed-host", "Queue.Proxy.Example") as d, \
+            httpx.Client(base_url=d.url, timeout=10) as client:
+        r = client.get("/", headers=evil)
+        assert r.status_code == 400
+        assert "--allowed-host rebind.attacker.example" in r.text
+        assert "csrf_token" not in r.text and "set-cookie" not in r.headers
+        # even with a token and cookie obtained by a page of this machine's name
+        page = client.get(f"/jobs/{job_id}")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        r = client.post("/queues/pause", headers=evil,
+                        data={"name": "default", "csrf_token": token})
+        assert r.status_code == 400
+        assert conn.execute("select count(*) from pgqueue.queues").fetchone()[0] == 0
+        port = d.url.rsplit(":", 1)[1]
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST",
+                     f"queue.proxy.example:{port}", "queue.proxy.example"):
+            assert client.get("/", headers={"Host": host}).status_code == 200, host
+        r = client.post("/queues/pause", headers={"Host": "queue.proxy.example"},
+                        data={"name": "default", "csrf_token": token},
+                        follow_redirects=False)
+        assert r.status_code == 303
+    assert conn.execute("select paused from pgqueue.queues where name = 'default'"
+                        ).fetchone() == (True,)
+
+
 def test_read_only_hides_and_refuses_every_action(dsn, conn):
     (job_id,) = insert_jobs(conn, 1, state="discarded", error=True)
     conn.execute("select pgqueue.add_schedule('nightly', 'app.report', cron => '0 3 * * *')")

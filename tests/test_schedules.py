@@ -12,7 +12,7 @@ import pytest
 
 import pgqueue
 from pgqueue.worker.scheduler import Scheduler, upsert_declarations
-from pgqueue.schedule import Schedule, ScheduleError
+from pgqueue.schedule import Schedule, ScheduleError, due_slots
 
 from .conftest import wait_until
 
@@ -485,3 +485,22 @@ def test_cli_schedules_show_writes_the_arguments_as_json(conn, dsn):
         lines[name] = [ln.split(None, 1)[1] for ln in res.output.splitlines()
                        if ln.split(":", 1)[0] in ("args", "kwargs")]
     assert lines == {"tick": ["[]", "{}"], "tock": ['[1, "a"]', '{"k": null}']}
+
+
+@pytest.mark.parametrize("cron, limit", [("@yearly", 5000), ("0 0 29 2 *", 1000),
+                                         ("@yearly", 10_000)])
+def test_a_rare_cron_with_a_large_catch_up_limit_still_fires_its_due_slot(cron, limit):
+    # due_slots looked for the oldest slot it could keep by walking back limit + 1
+    # slots from now: for a yearly or leap-day expression that walk ran past year 1
+    # (OverflowError), so the schedule was never fired, whatever its catch_up policy.
+    s = Schedule(cron=cron, tz="UTC")
+    slot = s.next_after(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) - dt.timedelta(days=1))
+    for policy in ("latest", "all", "none"):
+        due, following = due_slots(s, slot, slot + dt.timedelta(seconds=1),
+                                   catch_up=policy, limit=limit)
+        assert due == [slot] and following == s.next_after(slot)
+    # three missed yearly slots, all kept under "all"
+    later = slot.replace(year=slot.year + 3) if cron == "@yearly" else None
+    if later is not None:
+        due, _ = due_slots(s, slot, later, catch_up="all", limit=limit)
+        assert due == [slot.replace(year=slot.year + k) for k in range(4)]

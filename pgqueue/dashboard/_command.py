@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._security import is_loopback
+from ._security import LOOPBACK_NAMES, HostCheck, is_loopback
 
 
 @click.command("dashboard")
@@ -17,9 +17,15 @@ from ._security import is_loopback
 @click.option("--token", envvar="PGQUEUE_DASHBOARD_TOKEN", default=None,
               help="Require this token (sign-in form or 'Authorization: Bearer') "
                    "[env: PGQUEUE_DASHBOARD_TOKEN].")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests for this host name (repeatable): the name a "
+                   "reverse proxy forwards, or this machine's. On loopback the dashboard "
+                   "answers only localhost, 127.0.0.1 and ::1 otherwise (a page of another "
+                   "site re-bound to 127.0.0.1 is refused); elsewhere, with --token, any "
+                   "name unless this is given.")
 @click.pass_obj
 def dashboard(obj, host: str, port: int, read_only: bool, base_path: str,
-              token: str | None) -> None:
+              token: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the web dashboard: queues, jobs, workflows, schedules, workers."""
     if not is_loopback(host) and not token:
         raise click.UsageError(
@@ -48,6 +54,9 @@ def dashboard(obj, host: str, port: int, read_only: bool, base_path: str,
             return RedirectResponse(base_path + "/")
         app = Starlette(routes=[Route("/", to_base), Mount(base_path, inner)],
                         lifespan=inner.router.lifespan_context)
+    if is_loopback(host) or allowed_hosts:
+        app = HostCheck(app, {host, *allowed_hosts} | (LOOPBACK_NAMES if is_loopback(host)
+                                                        else set()))
     click.echo(f"pgqueue dashboard on http://{host}:{port}{base_path}/"
                f"{' (read-only)' if read_only else ''}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,

@@ -138,3 +138,51 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: the names a browser on this machine uses for a loopback address
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(value: str) -> str:
+    """The name in a ``Host`` header, lower-cased, without port or IPv6 brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostCheck:
+    """ASGI middleware: refuse (400) a request whose ``Host`` names none of ``allowed``.
+
+    A dashboard on a loopback address without a token trusts whoever can connect to it,
+    which a web page can also do: a domain of its own re-bound to 127.0.0.1 (DNS
+    rebinding) makes the page same-origin with the dashboard, free to read its pages
+    and their form tokens and to post actions. Such a browser sends the page's own name
+    as ``Host``, so only this machine's names (and those the operator allows, e.g. a
+    reverse proxy's) are served. A request without ``Host`` (not a browser) passes.
+
+    :param allowed: host names (any case; without port).
+    """
+
+    def __init__(self, app, allowed: frozenset[str] | set[str]):
+        self.app = app
+        self.allowed = frozenset(host_name(h) for h in allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            raw = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
+            name = host_name(raw.decode("latin-1")) if raw is not None else None
+            if name is not None and name not in self.allowed:
+                body = (f"Host {name!r} is not served: this dashboard answers only "
+                        f"{', '.join(sorted(self.allowed))}. Reached through a proxy or "
+                        f"another name? Start it with --allowed-host {name}.\n").encode()
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
