@@ -26,7 +26,7 @@ from . import serialization
 from ._sql import q
 from .app import App, resolve_dsn
 from .errors import PgQueueError, SerializationError
-from .job import unique_held_message
+from .job import refusal_message
 from .retry import MAX_DELAY
 
 log = logging.getLogger("pgqueue")
@@ -597,21 +597,25 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
 def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
                task: str | None, as_json: bool) -> None:
     """Make job JOB_ID (discarded, cancelled, retryable or scheduled) available now, or
-    with --failed every discarded job. A job out of attempts gets one more. A pending,
-    running or completed job is left as it is: exit 1 with the reason."""
+    with --failed every discarded job. A job out of attempts gets one more; a workflow
+    step waits (pending) for dependencies that run again. A pending, running or
+    completed job is left as it is: exit 1 with the reason."""
     if (job_id is None) == (not failed):
         raise click.UsageError("give a JOB_ID or --failed (one of them)")
     if job_id is not None and (queue or task):
         raise click.UsageError("--queue and --task go with --failed")
     with obj.connect() as conn:
         if job_id is not None:
+            before = conn.execute("select state from pgqueue.jobs where id = %s",
+                                  (job_id,)).fetchone()
             try:
                 (state,) = conn.execute(q("retry"), {"id": job_id}).fetchone()
-            except psycopg.errors.UniqueViolation as e:
-                raise click.ClickException(unique_held_message(e)) from None
+            except (psycopg.errors.UniqueViolation,
+                    psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                raise click.ClickException(refusal_message(e)) from None
             if state is None:
                 raise click.ClickException(f"no job with id {job_id}")
-            if state in ("running", "completed", "pending"):
+            if state in ("running", "completed") or before == ("pending",):
                 raise click.ClickException(
                     f"job {job_id} is {state}: only discarded, cancelled, retryable or "
                     "scheduled jobs can be retried (enqueue a new job to run it again)")
@@ -623,7 +627,9 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
         click.echo(_dump([{"id": i, "state": st, **({"held_by": h} if h else {})}
                           for i, st, h in rows]))
     elif job_id is not None:
-        click.echo(f"job {job_id}: {rows[0][1]}")
+        click.echo(f"job {job_id}: {rows[0][1]}"
+                   + (" (a workflow step: it runs once its dependencies have completed)"
+                      if rows[0][1] == "pending" else ""))
     else:
         done = [i for i, _, h in rows if h is None]
         held = [(i, h) for i, _, h in rows if h is not None]

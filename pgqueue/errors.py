@@ -95,6 +95,19 @@ class UniqueKeyHeld(PgQueueError):
         super().__init__(message)
 
 
+class RetryRefused(PgQueueError):
+    """A workflow step cannot be retried: a dependency whose result it needs ended
+    ``discarded`` or ``cancelled``. Nothing changed; retry that dependency first (the
+    step can then be retried: it waits for it, and runs once it has completed).
+
+    :ivar job_id: the job that was to be retried.
+    """
+
+    def __init__(self, job_id: int, message: str):
+        self.job_id = job_id
+        super().__init__(message)
+
+
 class JobError(PgQueueError):
     """The job reached a terminal state other than ``completed``.
 

@@ -12,7 +12,8 @@ from psycopg.rows import dict_row
 
 from . import serialization
 from ._sql import q
-from .errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout, UniqueKeyHeld
+from .errors import (JobCancelled, JobFailed, JobNotFound, ResultTimeout, RetryRefused,
+                     UniqueKeyHeld)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App
@@ -134,11 +135,17 @@ class Job:
         """Make a discarded/cancelled/retryable/scheduled job available now (one more
         attempt if it had none left); commits at once, on a connection of its own.
 
-        :returns: the state after the call: ``available`` when retried; the unchanged
-            state of a pending, running or completed job (a no-op); ``None`` for an
-            unknown id.
+        A workflow step whose dependencies have not all completed (they were retried
+        too, and run again) becomes ``pending`` instead, and runs once they have
+        completed, with their results.
+
+        :returns: the state after the call: ``available`` when retried, ``pending`` for
+            such a step; the unchanged state of a pending, running or completed job (a
+            no-op); ``None`` for an unknown id.
         :raises UniqueKeyHeld: another unfinished job holds this job's ``unique_key``;
             nothing changed.
+        :raises RetryRefused: a workflow step that needs the result of a dependency
+            that ended discarded or cancelled (retry that one first); nothing changed.
 
         >>> job.retry()
         <JobState.AVAILABLE: 'available'>
@@ -147,7 +154,9 @@ class Job:
             with self.app.connection() as conn:
                 (state,) = conn.execute(q("retry"), {"id": self.id}).fetchone()
         except psycopg.errors.UniqueViolation as e:
-            raise UniqueKeyHeld(self.id, unique_held_message(e)) from None
+            raise UniqueKeyHeld(self.id, refusal_message(e)) from None
+        except psycopg.errors.ObjectNotInPrerequisiteState as e:
+            raise RetryRefused(self.id, refusal_message(e)) from None
         self._row = None
         return JobState(state) if state else None
 
@@ -276,8 +285,9 @@ def _wait_for(deadline: float | None) -> float:
     return 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
 
 
-def unique_held_message(e: psycopg.errors.UniqueViolation) -> str:
-    """The server's message of a retry refused by the unique index, with its hint."""
+def refusal_message(e: psycopg.Error) -> str:
+    """The server's message of a refused retry (a unique key held, a dependency that
+    did not complete), with its hint."""
     d = e.diag
     return f"{d.message_primary}" + (f" ({d.message_hint})" if d.message_hint else "")
 

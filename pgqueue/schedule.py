@@ -94,6 +94,13 @@ class Schedule:
             if not isinstance(cron, str):
                 raise ScheduleError(f"cron must be a string, got {cron!r}")
             fields = ALIASES.get(cron.strip().lower(), cron.strip())
+            if len(fields.split()) != 5:
+                # the library also reads a sixth field (seconds), which the slot logic,
+                # the catch-up bounds and the README do not cover
+                raise ScheduleError(
+                    f"bad cron expression {cron!r}: {len(fields.split())} fields, expected "
+                    "five (minute hour day-of-month month day-of-week), or @hourly, "
+                    "@daily, ...; for a period under a minute use every=SECONDS")
             from cronsim import CronSim, CronSimError
             try:
                 CronSim(fields, dt.datetime(2000, 1, 1, tzinfo=UTC))

@@ -164,7 +164,9 @@ select count(*)
 
 -- name: jobs_bulk_retry
 -- Make every discarded, cancelled, retryable or scheduled job of the filter available
--- now, in one statement: a unique_key held by another job fails it all.
+-- now (a workflow step waiting for retried dependencies: pending), in one statement, in
+-- id order: a unique_key held by another job, or a step whose dependency stays failed,
+-- fails it all.
 select count(*)
   from (select pgqueue.retry(j.id) as state
           from pgqueue.jobs j
@@ -178,7 +180,7 @@ select count(*)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
            and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
          order by j.id) r
- where r.state = 'available';
+ where r.state in ('available', 'pending');
 
 -- name: job_detail
 -- One job; "meta" and any column added later come from the row as JSON.

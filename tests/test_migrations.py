@@ -1,5 +1,6 @@
 """Schema: schema.sql equals the migrations; concurrent migrate runs; version checks."""
 
+import datetime as dt
 import subprocess
 import sys
 import threading
@@ -143,3 +144,20 @@ def test_concurrent_migrate_threads(empty_dsn):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_0016_ends_stuck_plain_pending_jobs_and_shortens_overlong_rate_periods(empty_dsn):
+    # Before 0016 a plain job could be inserted as 'pending' (it waited for nothing and
+    # never ended) and a rate period could exceed what the claim can subtract from now().
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate.apply(conn, target=15)
+        conn.execute("insert into pgqueue.jobs (task, state) values ('m.stuck', 'pending')")
+        conn.execute("insert into pgqueue.queues (name, rate_limit, rate_period) "
+                     "values ('slow', 1, interval '100000 years')")
+        assert [m.version for m in migrate.apply(conn)] == [16]
+        state, errors = conn.execute("select state, errors from pgqueue.jobs").fetchone()
+        assert state == "cancelled" and errors[-1]["type"] == "pgqueue.NotRunnable"
+        assert conn.execute("select rate_period from pgqueue.queues").fetchone()[0] \
+            == dt.timedelta(days=366)
+        with pytest.raises(psycopg.errors.CheckViolation, match="pending_only_in_workflows"):
+            conn.execute("insert into pgqueue.jobs (task, state) values ('m.x', 'pending')")

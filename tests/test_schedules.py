@@ -103,6 +103,7 @@ def test_aliases_and_names():
     ({"cron": "* * * * *", "every": 5}, "exactly one of cron"),
     ({"cron": "61 * * * *"}, "bad cron expression"),
     ({"cron": "* * * *"}, "bad cron expression"),
+    ({"cron": "*/10 * * * * *"}, "6 fields, expected five.*every=SECONDS"),
     ({"every": 0.5}, "at least 1 second"),
     ({"every": True}, "seconds"),
     ({"cron": "0 * * * *", "tz": "Mars/Olympus"}, "unknown time zone"),

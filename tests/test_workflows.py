@@ -324,6 +324,75 @@ def test_manual_retry_of_a_failed_member_never_decrements_twice(app, t, conn, st
     assert_edges_consistent(conn, h.id)
 
 
+def test_a_retried_callback_waits_for_members_retried_before_it(app, t, conn, start_worker):
+    # A cancelled member cancels the callback (DependencyFailed). Retrying the member,
+    # then the callback (as "Retry all" of the cancelled jobs does, in id order), must
+    # not start the callback before the members end: it waits, pending, and gets every
+    # member's result. Before, the callback became available at once and ran with
+    # [None, None, None] while the members were still queued.
+    h = chord([t.add.s(1), t.add.s(2), t.add.s(3)], t.collect.s()).enqueue()
+    m1, _, _, cb = h.job_ids
+    conn.execute("select pgqueue.cancel(%s)", (m1,))
+    assert job(conn, cb)[0] == "cancelled"
+    # in one statement, in id order: the dashboard's bulk retry
+    states = [r[0] for r in conn.execute(
+        "select pgqueue.retry(j.id) from pgqueue.jobs j where j.workflow_id = %s "
+        "and j.state = 'cancelled' order by j.id", (h.id,))]
+    assert states == ["available", "pending"]
+    assert job(conn, cb)[0] == "pending" and job(conn, cb)[6] == 3
+    assert_edges_consistent(conn, h.id)
+    start_worker(app, concurrency=4)
+    wait_until(lambda: job(conn, cb)[0] == "completed", 15, message="the callback")
+    [(_, _, note, _)] = side(conn, "callback", cb)
+    assert note["results"] == [1, 2, 3]
+    started = conn.execute("select started_at from pgqueue.jobs where id = %s", (cb,)
+                           ).fetchone()[0]
+    last_member = conn.execute("select max(finished_at) from pgqueue.jobs where id = any(%s)",
+                               (h.job_ids[:3],)).fetchone()[0]
+    assert started >= last_member
+    assert_edges_consistent(conn, h.id)
+
+
+def test_retrying_a_step_whose_needed_dependency_stays_failed_is_refused(app, t, conn, dsn):
+    h = chord([t.add.s(1), t.add.s(2)], t.collect.s()).enqueue()
+    m1, _, cb = h.job_ids
+    conn.execute("select pgqueue.cancel(%s)", (m1,))
+    before = job(conn, cb)
+    with pytest.raises(pgqueue.RetryRefused, match=f"#{m1} flows.add cancelled") as e:
+        pgqueue.Job(app, cb).retry()
+    assert e.value.job_id == cb and "retry those steps first" in str(e.value)
+    assert job(conn, cb) == before
+    from pgqueue.cli import main
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", str(cb)])
+    assert res.exit_code == 1 and f"#{m1} flows.add cancelled" in res.output
+    # the member first, then the step: it waits for the member
+    assert pgqueue.Job(app, m1).retry() == "available"
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", str(cb)])
+    assert res.exit_code == 0, res.output
+    assert "pending (a workflow step: it runs once its dependencies have completed)" \
+        in res.output
+    # a pending job is not retried again
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "retry", str(cb)])
+    assert res.exit_code == 1 and "is pending" in res.output
+    assert_edges_consistent(conn, h.id)
+
+
+def test_a_retried_any_outcome_callback_waits_only_for_unfinished_members(app, t, conn,
+                                                                          start_worker):
+    h = chord([t.add.s(1), t.add.s(2)], t.outcomes.s(), any_outcome=True).enqueue()
+    m1, m2, cb = h.job_ids
+    conn.execute("select pgqueue.cancel(%s)", (m1,))
+    conn.execute("select pgqueue.cancel(%s)", (m2,))
+    assert job(conn, cb)[0] == "available"          # every member ended: it may run
+    conn.execute("select pgqueue.cancel(%s)", (cb,))
+    assert pgqueue.Job(app, m2).retry() == "available"
+    assert pgqueue.Job(app, cb).retry() == "pending"    # m1 stays cancelled: fine here
+    start_worker(app, concurrency=2)
+    wait_until(lambda: job(conn, cb)[0] == "completed", 15, message="the callback")
+    assert job(conn, cb)[2] == ["cancelled", "completed"]
+    assert_edges_consistent(conn, h.id)
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 def test_cli_workflows_show(app, t, conn, dsn, start_worker):

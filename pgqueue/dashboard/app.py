@@ -509,7 +509,8 @@ class Dashboard:
         form = request.scope["pgqueue_form"]
         try:
             row = await self.fetchone(q(action), {"id": job_id})
-        except psycopg.errors.UniqueViolation as e:
+        except (psycopg.errors.UniqueViolation,
+                psycopg.errors.ObjectNotInPrerequisiteState) as e:
             return self.error(request, 409, str(e).strip().splitlines()[0])
         state = next(iter(row.values())) if row else None
         if state is None:
@@ -536,7 +537,8 @@ class Dashboard:
         filters = parse_filters(form)
         try:
             row = await self.fetchone(dq(f"jobs_bulk_{action}"), filters)
-        except psycopg.errors.UniqueViolation as e:
+        except (psycopg.errors.UniqueViolation,
+                psycopg.errors.ObjectNotInPrerequisiteState) as e:
             return self.error(request, 409, "Nothing was retried: "
                               + str(e).strip().splitlines()[0])
         self.audit(request, f"bulk {action} of {row['count']} jobs matching "
