@@ -48,6 +48,8 @@ class _Running:
     #: its queue or task has a concurrency limit: recording its outcome frees a slot
     #: that claims held back by the limit wait for (claim again at once)
     limited: bool = False
+    #: the claim loop watches its timeout (set when it is owned)
+    watched: bool = False
 
 
 class WakeUp:
@@ -83,16 +85,19 @@ class RunningJobs:
         self.jobs: dict[int, _Running] = {}
         self.busy = 0                   # functions executing now
         self.limited = 0                # owned jobs of a queue or task with a limit
+        self.watched = 0                # owned jobs whose timeout the claim loop watches
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def add(self, r: _Running) -> None:
         """Own ``r`` and count its slot as busy."""
+        r.watched = bool(r.timeout) and not r.own_timeout
         with self.lock:
             self.jobs[r.id] = r
             self.busy += 1
             self.limited += r.limited
+            self.watched += r.watched
 
     def release_slot(self) -> None:
         """The function of an attempt returned: its slot is free (the job stays owned
@@ -118,6 +123,7 @@ class RunningJobs:
         if self.jobs.get(r.id) is r:
             del self.jobs[r.id]
             self.limited -= r.limited
+            self.watched -= r.watched
 
     def drop_all(self, rs: list[_Running]) -> None:
         with self.lock:
@@ -145,10 +151,12 @@ class RunningJobs:
     def expired(self, now: float) -> list[_Running]:
         """Attempts watched by the claim loop that ran past their timeout (each returned
         once: it is marked ``timed_out``)."""
-        out = []
+        out: list[_Running] = []
+        if not self.watched:     # read without the lock: a job added meanwhile is next
+            return out
         with self.lock:
             for r in self.jobs.values():
-                if (r.timeout and not r.abandoned and not r.timed_out and not r.own_timeout
+                if (r.watched and not r.abandoned and not r.timed_out
                         and now - r.started >= r.timeout):
                     r.timed_out = True
                     out.append(r)
@@ -157,9 +165,11 @@ class RunningJobs:
     def next_deadline(self, now: float) -> float:
         """Seconds until the earliest timeout the claim loop watches (at most 3600)."""
         soonest = 3600.0
+        if not self.watched:
+            return soonest
         with self.lock:
             for r in self.jobs.values():
-                if r.timeout and not r.abandoned and not r.timed_out and not r.own_timeout:
+                if r.watched and not r.abandoned and not r.timed_out:
                     soonest = min(soonest, r.started + r.timeout - now)
         return max(0.0, soonest)
 
