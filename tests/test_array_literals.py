@@ -10,6 +10,7 @@ returned, by a worker claiming with tasks and positions in literals.
 
 from __future__ import annotations
 
+import enum
 import math
 import uuid
 from datetime import datetime, timezone
@@ -104,3 +105,38 @@ def test_a_worker_stores_results_with_quotes_backslashes_and_braces(app, start_w
         == len(AWKWARD), 20, message="awkward results recorded")
     for job, value in zip(jobs, AWKWARD, strict=True):
         assert job.result(timeout=5) == {"value": value, "list": [value, value]}
+
+
+class Name(str, enum.Enum):
+    SEND = "send_mail"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Seconds(float):
+    pass
+
+
+def test_subclasses_are_written_by_their_value_as_psycopg_writes_them(conn):
+    # a (str, Enum) member's str() is "Name.SEND": written so, a task declared with it
+    # was never claimed; a float subclass (a timeout) stopped the worker's start
+    assert read_back(conn, array([Name.SEND]), "text[]") == ["send_mail"]
+    assert read_back(conn, array([Level.HIGH]), "integer[]") == [3]
+    assert read_back(conn, array([Seconds(30), Seconds(math.inf)]), "float8[]") == [30.0,
+                                                                                  math.inf]
+
+
+def test_a_task_and_queue_named_by_str_enums_with_a_float_subclass_timeout_run(
+        app, start_worker, conn):
+    class Q(str, enum.Enum):
+        MAIL = "mail"
+
+    @app.task(name=Name.SEND, queue=Q.MAIL, timeout=Seconds(30))
+    def send(x):
+        return x * 2
+
+    job = send.enqueue(21)
+    start_worker(app, concurrency=2, queues=[Q.MAIL])
+    assert job.result(timeout=10) == 42
