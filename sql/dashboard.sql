@@ -164,11 +164,15 @@ select count(*)
 
 -- name: jobs_bulk_retry
 -- Make every discarded, cancelled, retryable or scheduled job of the filter available
--- now (a workflow step waiting for retried dependencies: pending), in one statement, in
--- id order: a unique_key held by another job, or a step whose dependency stays failed,
--- fails it all.
-select count(*)
-  from (select pgqueue.retry(j.id) as state
+-- now (a workflow step waiting for dependencies retried with it: pending), in one
+-- statement: a unique_key held by another job fails it all; a step whose needed
+-- dependency stays failed is left as it is and counted as refused.
+select count(*) filter (where r.refused is null and r.state in ('available', 'pending'))
+           as count,
+       count(*) filter (where r.refused is not null) as refused,
+       min(r.refused) as reason
+  from pgqueue.retry_many(array(
+        select j.id
           from pgqueue.jobs j
          where j.state in ('discarded', 'cancelled', 'retryable', 'scheduled')
            and (%(state)s::text is null or j.state = %(state)s)
@@ -178,9 +182,7 @@ select count(*)
            and (%(partition_key)s::text is null or j.partition_key = %(partition_key)s)
            and (%(schedule)s::text is null or j.schedule_name = %(schedule)s)
            and (%(created_from)s::timestamptz is null or j.created_at >= %(created_from)s)
-           and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s)
-         order by j.id) r
- where r.state in ('available', 'pending');
+           and (%(created_to)s::timestamptz is null or j.created_at < %(created_to)s))) r;
 
 -- name: job_detail
 -- One job; "meta" and any column added later come from the row as JSON.

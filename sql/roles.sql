@@ -81,8 +81,8 @@ revoke all on all sequences in schema pgqueue from {operator};
 revoke all on all functions in schema pgqueue from {operator};
 grant usage on schema pgqueue to {operator};
 grant execute on function pgqueue.enqueue, pgqueue.cancel, pgqueue.cancel_workflow,
-    pgqueue.retry, pgqueue.retry_discarded, pgqueue.rearm_step, pgqueue.prune,
-    pgqueue.pause_schedule,
+    pgqueue.retry, pgqueue.retry_discarded, pgqueue.retry_many, pgqueue.rearm_step,
+    pgqueue.rearm_dependents, pgqueue.prune, pgqueue.pause_schedule,
     pgqueue.trigger_schedule, pgqueue.add_schedule, pgqueue.schedule_job,
     pgqueue.step_result, pgqueue.seal_batch, pgqueue.check_meta, pgqueue.set_queue_limits,
     pgqueue.queue_held_back, pgqueue.queue_rate_limited to {operator};

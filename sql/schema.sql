@@ -4842,7 +4842,14 @@ end $$;
 --    completed: the edges from them are armed again (deps_pending counts them), so
 --    each one's finishing releases it through the fan-in as before. A dependency that
 --    ended discarded or cancelled, for a step that needs success, refuses the retry
---    and is named: retry it first.
+--    and is named: retry it first. A dependent that still waits (an any_outcome
+--    callback) is armed again when one of its finished dependencies is retried, so it
+--    waits for that one's new outcome. An error callback is retried only while its
+--    workflow is failed (it runs for a failure), and a batch's seal step is never
+--    retried (a batch cancelled before its seal cannot be reopened). Bulk retries
+--    (pgqueue.retry_many, the dashboard's "Retry all") take steps in passes, so a
+--    step retried before its dependency in id order waits for it instead of being
+--    refused. A failed workflow whose every step then completed is completed.
 -- 2. A rate period too long for the claim's window arithmetic (set from SQL: only the
 --    Python side bounded it) made every claim of a worker serving that queue fail
 --    with "timestamp out of range", its other queues' jobs included. Periods are now
@@ -4867,12 +4874,31 @@ language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
 declare
     v_any boolean;
     v_failed text;
+    j record;
 begin
-    select j.any_outcome into v_any from pgqueue.jobs j
-     where j.id = rearm_step.job_id and j.workflow_id is not null and j.inputs <> 'error';
-    if not found then
-        return 'available';    -- a plain job, or an error callback (released by failure)
+    select x.any_outcome, x.inputs, x.task, x.workflow_id,
+           (select w.state from pgqueue.workflows w where w.id = x.workflow_id) as wf_state
+      into j
+      from pgqueue.jobs x where x.id = rearm_step.job_id;
+    if j.workflow_id is null then
+        return 'available';    -- a plain job
     end if;
+    if j.inputs = 'error' then
+        -- the error callback runs for a failure: only while its workflow is failed
+        if j.wf_state is distinct from 'failed' then
+            raise exception 'job % cannot be retried: it is the error callback of workflow %, which is %, and it runs only after a step fails',
+                    rearm_step.job_id, j.workflow_id, coalesce(j.wf_state, 'gone')
+                using errcode = '55000';
+        end if;
+        return 'available';
+    end if;
+    if j.task = 'pgqueue.batch_seal' then
+        raise exception 'job % cannot be retried: it is the seal step of batch %, and a batch cancelled before it was sealed cannot be reopened',
+                rearm_step.job_id, j.workflow_id
+            using errcode = '55000',
+                  hint = 'retry its members on their own, or open a new batch';
+    end if;
+    v_any := j.any_outcome;
     -- Lock the dependencies first, in id order, as their finishing does before it locks
     -- this step: none can finish between being read unfinished here and its edge armed.
     perform 1 from pgqueue.jobs d
@@ -4903,7 +4929,80 @@ begin
                               where e.job_id = rearm_step.job_id and not e.satisfied)
                 then 'pending' else 'available' end;
 end $$;
-comment on function pgqueue.rearm_step is 'For pgqueue.retry: the state a retried job takes, available, or pending for a workflow step with unfinished dependencies (their edges armed again, dependencies locked); raises object_not_in_prerequisite_state naming the dependencies that ended discarded or cancelled when the step needs success';
+comment on function pgqueue.rearm_step is 'For pgqueue.retry: the state a retried job takes, available, or pending for a workflow step with unfinished dependencies (their edges armed again, dependencies locked); raises object_not_in_prerequisite_state naming the dependencies that ended discarded or cancelled when the step needs success, for an error callback of a workflow that is not failed, and for a batch''s seal step';
+
+create function pgqueue.rearm_dependents(job_id bigint)
+returns void
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+begin
+    -- job_id was finished and is retried: a dependent still waiting (an any_outcome
+    -- step: the others were cancelled by the failure) counted its edge as satisfied;
+    -- it waits for the new outcome instead. Called after job_id's row is locked, so the
+    -- dependents are locked after it, as its finishing locks them.
+    perform 1 from pgqueue.jobs d
+     where d.id in (select e.job_id from pgqueue.job_dependencies e
+                     where e.depends_on = rearm_dependents.job_id and e.satisfied)
+       and d.state = 'pending'
+     order by d.id
+       for update;
+    with armed as (
+        update pgqueue.job_dependencies e
+           set satisfied = false, outcome = null, satisfied_at = null
+          from pgqueue.jobs d
+         where e.depends_on = rearm_dependents.job_id and e.satisfied
+           and d.id = e.job_id and d.state = 'pending'
+        returning e.job_id
+    )
+    update pgqueue.jobs d set deps_pending = d.deps_pending + 1
+      from armed a where d.id = a.job_id;
+end $$;
+comment on function pgqueue.rearm_dependents is 'For pgqueue.retry: a retried job''s dependents that still wait (pending) wait for its new outcome: their edges from it are armed again and counted in deps_pending';
+
+create function pgqueue.retry_many(ids bigint[])
+returns table (id bigint, state text, refused text)
+language plpgsql volatile set search_path = pg_catalog, pgqueue as $$
+#variable_conflict use_column
+declare
+    v_todo bigint[];
+    v_left bigint[];
+    v_why text[];
+    v_progress boolean;
+    x bigint;
+    i integer;
+begin
+    -- In passes: a step refused because a dependency it needs is still failed is tried
+    -- again after the others, which may retry that dependency (a batch's callback and a
+    -- replaced step's dependents have smaller ids than what they wait for).
+    select array_agg(distinct u order by u) into v_todo from unnest(retry_many.ids) u
+     where u is not null;
+    loop
+        exit when v_todo is null or cardinality(v_todo) = 0;
+        v_left := '{}';
+        v_why := '{}';
+        v_progress := false;
+        foreach x in array v_todo loop
+            begin
+                state := pgqueue.retry(x);
+                id := x;
+                refused := null;
+                return next;
+                v_progress := true;
+            exception when object_not_in_prerequisite_state then
+                v_left := v_left || x;
+                v_why := v_why || sqlerrm;
+            end;
+        end loop;
+        exit when not v_progress;
+        v_todo := v_left;
+    end loop;
+    for i in 1 .. coalesce(cardinality(v_left), 0) loop
+        id := v_left[i];
+        select j.state into state from pgqueue.jobs j where j.id = v_left[i];
+        refused := v_why[i];
+        return next;
+    end loop;
+end $$;
+comment on function pgqueue.retry_many is 'pgqueue.retry of each id, in passes so that steps wait for the dependencies retried with them; returns each id with its state after the call, and for a step refused (a dependency it needs stays failed, an error callback not needed, a seal step) the reason; a unique_key held by another job fails the whole call';
 
 comment on table pgqueue.job_dependencies is 'Workflow edges: job_id waits for depends_on. An edge is satisfied once each time depends_on reaches a terminal state, by that transaction; a retry of job_id arms it again when depends_on was retried too (pgqueue.rearm_step). Written by pgqueue.enqueue_workflow, together with both jobs; deleting a job deletes its edges (trigger jobs_deleted_edges)';
 
@@ -4937,6 +5036,9 @@ begin
      where j.id = retry.job_id
        and j.state in ('discarded', 'cancelled', 'retryable', 'scheduled')
     returning j.state into v_state;
+    if v_state is not null then
+        perform pgqueue.rearm_dependents(retry.job_id);
+    end if;
     if v_state = 'available' then
         perform pg_notify('pgqueue_jobs', (select j.queue from pgqueue.jobs j where j.id = retry.job_id));
     end if;
@@ -5002,6 +5104,7 @@ begin
                    max_attempts = greatest(j.max_attempts, j.attempt + 1),
                    cancel_requested_at = null
              where j.id = r.id;
+            perform pgqueue.rearm_dependents(r.id);
             if state = 'available' and not (r.queue = any(v_queues)) then
                 v_queues := v_queues || r.queue;
             end if;
@@ -5333,5 +5436,207 @@ update pgqueue.jobs j
  where j.state = 'pending' and j.workflow_id is null;
 alter table pgqueue.jobs add constraint jobs_pending_only_in_workflows
     check (state <> 'pending' or workflow_id is not null);
+
+------------------------------------------------------------------------------
+-- 5. a failed workflow repaired by retries is completed
+------------------------------------------------------------------------------
+
+create or replace function pgqueue.workflow_fan_in() returns trigger
+language plpgsql set search_path = pg_catalog, pgqueue as $$
+declare
+    v_list text := current_setting('pgqueue.finished_steps', true);
+    v_ids bigint[];
+    v_queues text[];
+    v_failed bigint[];
+    v_doomed bigint[];
+    v_roots bigint[];
+    v_maybe_failed boolean;
+    w record;
+    v_wf pgqueue.workflows%rowtype;
+    v_state text;
+    v_queue text;
+    i integer;
+begin
+    if v_list is null or v_list = '' then
+        return null;   -- no workflow step finished in this statement: the common case
+    end if;
+    perform set_config('pgqueue.finished_steps', '', true);
+    v_maybe_failed := strpos(v_list, '-') > 0;
+    v_ids := string_to_array(replace(left(v_list, -1), '-', ''), ',')::bigint[];
+
+    -- 1. Satisfy each outgoing edge once (where not satisfied), then decrement each
+    --    dependent by the number of its edges satisfied here and release the ready
+    --    ones; one statement. The dependents are locked in id order first (lck), so
+    --    concurrent finishers never deadlock; the update then works on the newest
+    --    version of each counter.
+    with sat as (
+        update pgqueue.job_dependencies d
+           set satisfied = true, outcome = j.state, satisfied_at = now()
+          from pgqueue.jobs j
+         where j.id = any(v_ids)
+           and j.state in ('completed', 'discarded', 'cancelled')
+           and d.depends_on = j.id
+           and not d.satisfied
+        returning d.job_id, d.outcome
+    ), agg as (
+        select sat.job_id as id, count(*)::integer as n, bool_or(sat.outcome <> 'completed') as bad
+          from sat group by sat.job_id
+    ), lck as (
+        select j.id from pgqueue.jobs j
+         where j.id in (select agg.id from agg)
+         order by j.id
+           for update
+    ), dec as (
+        update pgqueue.jobs j
+           set deps_pending = j.deps_pending - a.n,
+               state = case when j.state = 'pending' and j.deps_pending = a.n
+                                 and (not a.bad or j.any_outcome)
+                            then case when j.run_at > j.created_at then 'scheduled'
+                                      else 'available' end
+                            else j.state end,
+               run_at = case when j.state = 'pending' and j.deps_pending = a.n
+                                  and (not a.bad or j.any_outcome)
+                             then now() + greatest(j.run_at - j.created_at, interval '0')
+                             else j.run_at end
+          from agg a join lck l on l.id = a.id
+         where j.id = a.id
+        returning j.queue, j.state
+    )
+    select array_agg(distinct dec.queue) filter (where dec.state in ('available', 'scheduled'))
+      into v_queues from dec;
+    if v_queues is not null then
+        perform pg_notify('pgqueue_jobs', x) from unnest(v_queues) x;
+    end if;
+
+    -- 2. Permanent failures (discarded, or cancelled other than as a skipped dependent):
+    --    every pending step downstream that needs success is skipped, i.e. cancelled
+    --    with an errors entry naming the failed step, in one statement.
+    if v_maybe_failed then
+        select array_agg(j.id order by j.id) into v_failed
+          from pgqueue.jobs j
+         where j.id = any(v_ids)
+           and j.state in ('discarded', 'cancelled')
+           and not coalesce(j.errors -> -1 ->> 'type' = 'pgqueue.DependencyFailed', false);
+    end if;
+    if v_failed is not null then
+        with recursive doomed(id, root) as (
+            select d.job_id, d.depends_on
+              from pgqueue.job_dependencies d
+              join pgqueue.jobs j on j.id = d.job_id
+             where d.depends_on = any(v_failed) and j.state = 'pending' and not j.any_outcome
+            union
+            select d.job_id, x.root
+              from doomed x
+              join pgqueue.job_dependencies d on d.depends_on = x.id
+              join pgqueue.jobs j on j.id = d.job_id
+             where j.state = 'pending' and not j.any_outcome
+        )
+        select array_agg(x.id order by x.id), array_agg(x.root order by x.id)
+          into v_doomed, v_roots
+          from (select doomed.id, min(doomed.root) as root from doomed group by doomed.id) x;
+        if v_doomed is not null then
+            perform 1 from pgqueue.jobs j where j.id = any(v_doomed) order by j.id for update;
+            update pgqueue.jobs j
+               set state = 'cancelled', finished_at = now(),
+                   errors = j.errors || jsonb_build_array(jsonb_build_object(
+                       'at', now(), 'attempt', j.attempt, 'worker', null,
+                       'type', 'pgqueue.DependencyFailed', 'job_id', f.id,
+                       'message', format('not run: workflow step %s (%s) ended %s',
+                                         f.id, f.task, f.state),
+                       'traceback', null))
+              from unnest(v_doomed, v_roots) as r(id, root)
+              join pgqueue.jobs f on f.id = r.root
+             where j.id = r.id and j.state = 'pending';
+            i := 1;
+            while i <= cardinality(v_doomed) loop
+                perform pg_notify('pgqueue_done', array_to_string(v_doomed[i:i + 399], ','));
+                i := i + 400;
+            end loop;
+        end if;
+    end if;
+
+    -- 3. Each workflow's counters and state, once per workflow, in id order (the row lock
+    --    serializes concurrent finishers: exactly one of them sees remaining reach 0).
+    for w in
+        select j.workflow_id as id, count(*)::integer as finished,
+               count(*) filter (where j.state = 'completed')::integer as completed,
+               count(*) filter (where j.state = 'discarded')::integer as discarded,
+               count(*) filter (where j.state = 'cancelled')::integer as cancelled,
+               array_agg(j.id order by j.id) filter (where j.id = any(v_failed)) as causes,
+               jsonb_agg(jsonb_build_object(
+                   'job_id', j.id, 'task', j.task, 'step', j.workflow_step, 'state', j.state,
+                   'at', now(), 'error', j.errors -> -1) order by j.id)
+                   filter (where j.id = any(v_failed)) as failures
+          from pgqueue.jobs j
+         where j.id = any(v_ids) and j.state in ('completed', 'discarded', 'cancelled')
+         group by j.workflow_id
+         order by j.workflow_id
+    loop
+        -- One statement: "old" locks the row and keeps its values before the update
+        -- (v_wf); the update computes from the same, newest, version.
+        with old as (
+            select * from pgqueue.workflows x where x.id = w.id for update
+        ), upd as (
+            update pgqueue.workflows x
+               set remaining = x.remaining - w.finished,
+                   completed = x.completed + w.completed,
+                   discarded = x.discarded + w.discarded,
+                   cancelled = x.cancelled + w.cancelled,
+                   state = case when x.state = 'running' and w.causes is not null then 'failed'
+                                when x.state = 'running' and x.remaining = w.finished then 'completed'
+                                -- failed, then repaired by retries: every step completed
+                                when x.state = 'failed' and w.causes is null
+                                     and x.remaining = w.finished
+                                     and x.completed + w.completed = x.total then 'completed'
+                                else x.state end,
+                   finished_at = case when x.remaining = w.finished then now() else x.finished_at end,
+                   failed_job_ids = case when w.causes is not null and x.state <> 'cancelled'
+                                         then x.failed_job_ids || w.causes
+                                         else x.failed_job_ids end,
+                   failures = case when w.causes is not null and x.state <> 'cancelled'
+                                   then x.failures || w.failures else x.failures end
+              from old o
+             where x.id = o.id
+            returning x.state
+        )
+        select o.id, o.state, o.remaining, o.on_error_job_id, u.state
+          into v_wf.id, v_wf.state, v_wf.remaining, v_wf.on_error_job_id, v_state
+          from old o, upd u;
+        if not found then
+            continue;
+        end if;
+
+        if v_wf.on_error_job_id is not null then
+            if v_state = 'failed' and v_wf.state = 'running' then
+                -- First failure: release the error callback, once (conditional on its state).
+                v_queue := null;
+                update pgqueue.jobs e set state = 'available', run_at = now()
+                 where e.id = v_wf.on_error_job_id and e.state = 'pending'
+                returning e.queue into v_queue;
+                if v_queue is not null then
+                    perform pg_notify('pgqueue_jobs', v_queue);
+                end if;
+            elsif v_wf.remaining = w.finished and v_state in ('completed', 'cancelled') then
+                update pgqueue.jobs e
+                   set state = 'cancelled', finished_at = now(),
+                       errors = e.errors || jsonb_build_array(jsonb_build_object(
+                           'at', now(), 'attempt', e.attempt, 'worker', null,
+                           'type', 'pgqueue.NotNeeded',
+                           'message', format('workflow %s ended %s: the error callback was not needed',
+                                             v_wf.id, v_state),
+                           'traceback', null))
+                 where e.id = v_wf.on_error_job_id and e.state = 'pending';
+                if found then
+                    perform pg_notify('pgqueue_done', v_wf.on_error_job_id::text);
+                end if;
+            end if;
+        end if;
+        if v_state <> v_wf.state or v_wf.remaining = w.finished then
+            perform pg_notify('pgqueue_workflows', v_wf.id::text);
+        end if;
+    end loop;
+    return null;
+end $$;
+comment on function pgqueue.workflow_fan_in is 'Statement trigger: fan-in of the workflow steps the statement finished: edges satisfied once, dependents decremented and released (NOTIFY pgqueue_jobs), failures propagated, workflow counters and state updated, error callback released once; all in the finishing transaction';
 
 insert into pgqueue.migrations (version, name) values (1, '0001_initial'), (2, '0002_workflows'), (3, '0003_observability'), (4, '0004_claim_positions'), (5, '0005_cancel_and_retry'), (6, '0006_due_range_stale'), (7, '0007_task_defaults'), (8, '0008_schedules'), (9, '0009_roles'), (10, '0010_dashboard'), (11, '0011_batches'), (12, '0012_meta'), (13, '0013_flow_control'), (14, '0014_job_filters'), (15, '0015_enqueue_cost'), (16, '0016_retry_waits_for_dependencies');

@@ -393,6 +393,102 @@ def test_a_retried_any_outcome_callback_waits_only_for_unfinished_members(app, t
     assert_edges_consistent(conn, h.id)
 
 
+def test_a_waiting_any_outcome_callback_waits_again_for_a_retried_member(app, t, conn,
+                                                                        start_worker):
+    # m1 cancelled: the callback (any outcome) still waits for m2. m1 retried: the
+    # callback must wait for m1's new outcome, not start when m2 ends with m1 running.
+    h = chord([t.add.s(1), t.add.s(2)], t.outcomes.s(), any_outcome=True).enqueue()
+    m1, m2, cb = h.job_ids
+    conn.execute("select pgqueue.cancel(%s)", (m1,))
+    assert job(conn, cb)[0] == "pending" and job(conn, cb)[6] == 1
+    assert pgqueue.Job(app, m1).retry() == "available"
+    assert job(conn, cb)[6] == 2
+    conn.execute("select pgqueue.cancel(%s)", (m2,))
+    assert job(conn, cb)[0] == "pending" and job(conn, cb)[6] == 1
+    assert_edges_consistent(conn, h.id)
+    start_worker(app, concurrency=2)
+    wait_until(lambda: job(conn, cb)[0] == "completed", 15, message="the callback")
+    assert job(conn, cb)[2] == ["completed", "cancelled"]
+    assert_edges_consistent(conn, h.id)
+
+
+def test_error_callbacks_and_seal_steps_are_retried_only_when_that_means_something(
+        app, t, conn):
+    # cancel_workflow cancels the error callback: no step failed, so retrying it (the
+    # dashboard's "Retry all" of the workflow's cancelled jobs) must not run it
+    h = chain(t.add.s(1), t.add.s(2)).enqueue(on_error=t.on_error.s())
+    conn.execute("select pgqueue.cancel_workflow(%s)", (h.id,))
+    rows = conn.execute("select r.id, r.state, r.refused from pgqueue.retry_many(array("
+                        "select j.id from pgqueue.jobs j where j.workflow_id = %s)) r "
+                        "order by r.id", (h.id,)).fetchall()
+    err = rows[-1]
+    assert [r[1] for r in rows[:-1]] == ["available", "pending"]
+    assert err[1] == "cancelled" and "error callback" in err[2] and "runs only after" in err[2]
+    with pytest.raises(pgqueue.RetryRefused, match="error callback"):
+        pgqueue.Job(app, err[0]).retry()
+    # a batch cancelled before its seal cannot be reopened: its seal step is refused,
+    # so is its callback; its members can still run on their own
+    b = conn.execute("select pgqueue.open_batch(%s::jsonb)",
+                     ('{"task": "flows.collect"}',)).fetchone()[0]
+    members = conn.execute("select pgqueue.add_to_batch(%s, %s::jsonb)",
+                           (b, '[{"task": "flows.add", "args": [1]}]')).fetchone()[0]
+    conn.execute("select pgqueue.cancel_workflow(%s)", (b,))
+    seal, cb = conn.execute("select batch_seal_job_id, batch_callback_job_id "
+                            "from pgqueue.workflows where id = %s", (b,)).fetchone()
+    from pgqueue._sql import named
+    row = conn.cursor(row_factory=psycopg.rows.dict_row).execute(
+        named("dashboard.sql")["jobs_bulk_retry"],
+        dict(state="cancelled", queue=None, task=None, workflow=b, partition_key=None,
+             schedule=None, created_from=None, created_to=None)).fetchone()
+    assert (row["count"], row["refused"]) == (len(members), 2)
+    assert [job(conn, i)[0] for i in members] == ["available"]
+    assert job(conn, seal)[0] == "cancelled" and job(conn, cb)[0] == "cancelled"
+    with pytest.raises(pgqueue.RetryRefused, match="seal step of batch"):
+        pgqueue.Job(app, seal).retry()
+
+
+def test_bulk_retry_takes_dependencies_first_whatever_their_ids(app, t, conn, start_worker):
+    # A batch's callback has a smaller id than its members: "Retry all" in id order
+    # met the callback first, refused it (its members were cancelled), and so failed.
+    b = conn.execute("select pgqueue.open_batch(%s::jsonb)",
+                     ('{"task": "flows.collect"}',)).fetchone()[0]
+    members = conn.execute("select pgqueue.add_to_batch(%s, %s::jsonb)",
+                           (b, '[{"task": "flows.add", "args": [1]}, '
+                               '{"task": "flows.add", "args": [2]}]')).fetchone()[0]
+    conn.execute("select pgqueue.seal_batch(%s)", (b,))
+    cb = conn.execute("select batch_callback_job_id from pgqueue.workflows where id = %s",
+                      (b,)).fetchone()[0]
+    for m in members:
+        conn.execute("select pgqueue.cancel(%s)", (m,))
+    assert job(conn, cb)[0] == "cancelled" and cb < min(members)
+    rows = dict((i, (st, why)) for i, st, why in conn.execute(
+        "select * from pgqueue.retry_many(array(select j.id from pgqueue.jobs j "
+        "where j.workflow_id = %s and j.state = 'cancelled'))", (b,)))
+    assert rows == {**{m: ("available", None) for m in members}, cb: ("pending", None)}
+    start_worker(app, concurrency=2)
+    wait_until(lambda: job(conn, cb)[0] == "completed", 15, message="the batch callback")
+    [(_, _, note, _)] = side(conn, "callback", cb)
+    assert sorted(note["results"]) == [1, 2]
+
+
+def test_a_failed_workflow_repaired_by_retries_is_completed(app, t, conn, start_worker):
+    h = chain(t.flaky.s(5, fail_attempts=1).set(max_attempts=1), t.add.s(1)).enqueue()
+    start_worker(app, concurrency=2)
+    wait_until(lambda: wf_done(conn, h.id), 15, message="the chain to fail")
+    assert wf_state(conn, h.id) == "failed"
+    with pytest.raises(WorkflowFailed):
+        h.result(timeout=5)
+    states = [r[0] for r in conn.execute(
+        "select state from pgqueue.retry_many(%s) order by id", (h.job_ids,))]
+    assert states == ["available", "pending"]
+    # failed until every step has completed (h.result raises meanwhile), then completed
+    wait_until(lambda: wf_state(conn, h.id) == "completed", 15, message="the repaired chain")
+    assert h.result(timeout=5) == 6
+    w = wf_row(conn, h.id)
+    assert w[:5] == ("completed", 0, 2, 0, 0)
+    assert_edges_consistent(conn, h.id)
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 def test_cli_workflows_show(app, t, conn, dsn, start_worker):

@@ -541,8 +541,10 @@ class Dashboard:
                 psycopg.errors.ObjectNotInPrerequisiteState) as e:
             return self.error(request, 409, "Nothing was retried: "
                               + str(e).strip().splitlines()[0])
+        refused = row.get("refused") or 0
         self.audit(request, f"bulk {action} of {row['count']} jobs matching "
-                            f"{_query_string(filters) or 'every job'}")
+                            f"{_query_string(filters) or 'every job'}"
+                            + (f"; {refused} refused ({row['reason']})" if refused else ""))
         return self.back(request, request.scope.get("root_path", "").rstrip("/") + "/jobs?"
                          + _query_string(filters))
 
