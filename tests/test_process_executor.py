@@ -100,7 +100,10 @@ def test_a_timeout_kills_the_child_and_frees_the_slot(papp, dsn, start_worker):
     wait_until(lambda: starts(dsn, nap.id), 5, message="next job started")
     (_, _, nap_at), = starts(dsn, nap.id)
     took = (nap_at - started).total_seconds()
-    assert 2.0 <= took <= 3.5, f"next job started {took:.2f} s after the hung one"
+    # The 2 s count from when the executor handed the job to its child, a moment before
+    # the child recorded its start: the next job may start a few ms under 2 s after that
+    # record (1.9975 s seen under load), never much earlier.
+    assert 1.95 <= took <= 3.5, f"next job started {took:.2f} s after the hung one"
     assert time.monotonic() - killed < 1.5
     assert not _alive(first_pid), "the timed-out child still runs"
     # the retry runs (and times out again: discarded after its 2 attempts)
