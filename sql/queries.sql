@@ -183,6 +183,15 @@ select pgqueue.prune(make_interval(secs => %(older_than)s::float8), %(states)s);
 select case when pg_try_advisory_xact_lock(%(lock)s)
             then pgqueue.prune(make_interval(secs => %(older_than)s::float8)) else 0 end;
 
+-- name: autovacuum_covers_jobs
+-- Whether autovacuum will vacuum pgqueue.jobs: on for the server (with the statistics
+-- it needs) and not turned off for the table.
+select current_setting('autovacuum')::boolean and current_setting('track_counts')::boolean
+       and coalesce((select o.option_value::boolean from pg_options_to_table(c.reloptions) o
+                      where o.option_name = 'autovacuum_enabled'), true)
+  from pg_class c
+ where c.oid = 'pgqueue.jobs'::regclass;
+
 -- name: oldest_transaction
 -- The open transaction of this database that holds back vacuum the longest (seconds,
 -- pid, user, application, state, query); other roles' sessions need pg_read_all_stats.

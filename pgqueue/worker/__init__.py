@@ -250,6 +250,14 @@ class Worker:
         return self._maintenance.oldest_transaction if self._maintenance is not None else None
 
     @property
+    def autovacuum_off(self) -> bool | None:
+        """Whether autovacuum was off for ``pgqueue.jobs`` at the last maintenance round
+        (the server's ``autovacuum`` or ``track_counts``, or the table's
+        ``autovacuum_enabled``; logged as a warning when first seen); None before the
+        first round."""
+        return self._maintenance.autovacuum_off if self._maintenance is not None else None
+
+    @property
     def _busy(self) -> int:
         return self._running.busy
 

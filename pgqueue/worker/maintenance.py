@@ -8,7 +8,10 @@ Owns the *maintenance* connection. Every ``interval`` seconds (the first round a
   ``completed``/``discarded``/``cancelled`` jobs finished more than ``prune_after``
   seconds ago;
 - ``oldest_transaction``: the oldest open transaction of the database; one older than
-  ``xmin_warn_after`` holds back vacuum, so it is logged as a warning.
+  ``xmin_warn_after`` holds back vacuum, so it is logged as a warning;
+- ``autovacuum_covers_jobs``: autovacuum off for the server or for ``pgqueue.jobs``
+  leaves every claimed and finished job's dead row in place until someone vacuums, so
+  it is logged as a warning when first seen (and again when it changes).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Maintenance(ThreadComponent):
         self.done = done
         #: the last finding: dict(age, pid, user, application, state, query), or None
         self.oldest_transaction: dict[str, Any] | None = None
+        #: autovacuum does not vacuum pgqueue.jobs (None: not looked yet)
+        self.autovacuum_off: bool | None = None
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.first_after
@@ -85,4 +90,14 @@ class Maintenance(ThreadComponent):
                             "application %r, %s): it holds back vacuum, so dead rows of "
                             "finished jobs pile up and claiming slows down; query: %s",
                             *row[:5], (row[5] or "")[:200])
+            (covered,) = conn.execute(q("autovacuum_covers_jobs"), prepare=False).fetchone()
+            off = not covered
+            if off and self.autovacuum_off is not True:
+                self.stats["vacuum_warnings"] += 1
+                log.warning("autovacuum is off for pgqueue.jobs (server setting autovacuum "
+                            "or track_counts, or the table's autovacuum_enabled): dead rows "
+                            "of claimed and finished jobs stay until a manual VACUUM, so the "
+                            "table and its indexes grow and claiming slows down; turn it on, "
+                            "or VACUUM pgqueue.jobs on a schedule")
+            self.autovacuum_off = off
         self.conn.run(work)

@@ -90,3 +90,23 @@ def test_long_transaction_pinning_vacuum_is_reported(dsn, start_worker):
     print(f"\nlong transaction: reported pid {found['pid']} open {found['age']:.1f} s "
           f"({found['state']}), {w.worker.stats['vacuum_warnings']} warning(s)")
     app.close()
+
+
+def test_autovacuum_turned_off_for_the_jobs_table_is_reported(dsn, start_worker):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        server_on = c.execute("select current_setting('autovacuum')::boolean").fetchone()[0]
+        c.execute("alter table pgqueue.jobs set (autovacuum_enabled = false)")
+        app = make_app(dsn)
+        try:
+            w = start_worker(app, concurrency=1, queues=["none"], maintenance_interval=0.2,
+                             prune_after=None)
+            wait_until(lambda: w.worker.autovacuum_off is True, 10, 0.05,
+                       "autovacuum reported off")
+            assert w.worker.stats["vacuum_warnings"] >= 1
+            c.execute("alter table pgqueue.jobs reset (autovacuum_enabled)")
+            # back on for the table: off only if the whole server has it off
+            wait_until(lambda: w.worker.autovacuum_off is (not server_on), 10, 0.05,
+                       "the finding updated")
+        finally:
+            c.execute("alter table pgqueue.jobs reset (autovacuum_enabled)")
+            app.close()
