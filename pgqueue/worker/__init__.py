@@ -207,7 +207,7 @@ class Worker:
         #: the :class:`pgqueue.metrics.WorkerMetrics` while running with metrics, else None
         self.metrics: Any = None
         self.stats = {"claimed": 0, "completed": 0, "failed": 0, "rescued": 0, "pruned": 0,
-                      "vacuum_warnings": 0}
+                      "vacuum_warnings": 0, "autovacuum_warnings": 0}
 
         self._observer: Observer | None = None   # None: nobody listens, outcomes cost nothing
         self._stopping = threading.Event()
@@ -253,8 +253,8 @@ class Worker:
     def autovacuum_off(self) -> bool | None:
         """Whether autovacuum was off for ``pgqueue.jobs`` at the last maintenance round
         (the server's ``autovacuum`` or ``track_counts``, or the table's
-        ``autovacuum_enabled``; logged as a warning when first seen); None before the
-        first round."""
+        ``autovacuum_enabled``; logged as a warning when first seen, counted in
+        ``stats["autovacuum_warnings"]``); None before the first round."""
         return self._maintenance.autovacuum_off if self._maintenance is not None else None
 
     @property

@@ -41,7 +41,8 @@ class Maintenance(ThreadComponent):
     :param first_after: seconds before the first round.
     :param prune_after: retention in seconds, or ``None`` (no pruning).
     :param xmin_warn_after: seconds a transaction may be open before a warning.
-    :param stats: counters ``pruned`` and ``vacuum_warnings``.
+    :param stats: counters ``pruned``, ``vacuum_warnings`` (long transactions) and
+        ``autovacuum_warnings``.
     :param done: set when the worker's bookkeeping threads may exit.
     """
 
@@ -93,7 +94,7 @@ class Maintenance(ThreadComponent):
             (covered,) = conn.execute(q("autovacuum_covers_jobs"), prepare=False).fetchone()
             off = not covered
             if off and self.autovacuum_off is not True:
-                self.stats["vacuum_warnings"] += 1
+                self.stats["autovacuum_warnings"] += 1
                 log.warning("autovacuum is off for pgqueue.jobs (server setting autovacuum "
                             "or track_counts, or the table's autovacuum_enabled): dead rows "
                             "of claimed and finished jobs stay until a manual VACUUM, so the "
