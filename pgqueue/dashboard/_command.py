@@ -27,7 +27,8 @@ from ._security import LOOPBACK_NAMES, HostCheck, is_loopback
 def dashboard(obj, host: str, port: int, read_only: bool, base_path: str,
               token: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the web dashboard: queues, jobs, workflows, schedules, workers."""
-    if not is_loopback(host) and not token:
+    loopback = is_loopback(host)
+    if not loopback and not token:
         raise click.UsageError(
             f"refusing to listen on {host} without authentication: anyone who can reach "
             "it could read job arguments and retry or cancel jobs. Pass --token (or set "
@@ -54,9 +55,8 @@ def dashboard(obj, host: str, port: int, read_only: bool, base_path: str,
             return RedirectResponse(base_path + "/")
         app = Starlette(routes=[Route("/", to_base), Mount(base_path, inner)],
                         lifespan=inner.router.lifespan_context)
-    if is_loopback(host) or allowed_hosts:
-        app = HostCheck(app, {host, *allowed_hosts} | (LOOPBACK_NAMES if is_loopback(host)
-                                                        else set()))
+    if loopback or allowed_hosts:
+        app = HostCheck(app, {host, *allowed_hosts, *(LOOPBACK_NAMES if loopback else ())})
     click.echo(f"pgqueue dashboard on http://{host}:{port}{base_path}/"
                f"{' (read-only)' if read_only else ''}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
