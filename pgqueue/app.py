@@ -495,15 +495,24 @@ def unknown_task_message(app: App, name: str, opt_out: str, where: str = "this a
             f"or {opt_out}")
 
 
-def _plain_params(sig: inspect.Signature | None) -> tuple[dict[str, int], int] | None:
-    """``(position of each name, count of required parameters)`` when every parameter of
-    ``sig`` is positional-or-keyword and the required ones come first (the usual
-    ``def f(a, b, c=1)``); ``None`` for any other shape, which ``Signature.bind`` checks."""
+def _plain_params(sig: inspect.Signature | None) -> tuple[dict[str, int], int, bool, bool] | None:
+    """``(position of each named parameter, count of required ones, whether it takes
+    *args, whether it takes **kwargs)`` when the parameters are positional-or-keyword
+    with the required ones first, then perhaps ``*args``, then perhaps ``**kwargs`` (the
+    usual ``def f(a, b, c=1)``, and ``def f(*args, **kwargs)``); ``None`` for any other
+    shape (positional-only or keyword-only parameters), which ``Signature.bind`` checks."""
     if sig is None:
         return None
     names: dict[str, int] = {}
     required = 0
+    var_positional = var_keyword = False
     for i, p in enumerate(sig.parameters.values()):
+        if p.kind is p.VAR_POSITIONAL:
+            var_positional = True
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_keyword = True
+            continue
         if p.kind is not p.POSITIONAL_OR_KEYWORD:
             return None
         if p.default is p.empty:
@@ -511,21 +520,26 @@ def _plain_params(sig: inspect.Signature | None) -> tuple[dict[str, int], int] |
                 return None
             required += 1
         names[p.name] = i
-    return names, required
+    return names, required, var_positional, var_keyword
 
 
-def _binds(plain: tuple[dict[str, int], int], n_positional: int,
+def _binds(plain: tuple[dict[str, int], int, bool, bool], n_positional: int,
            kwargs: dict[str, Any]) -> bool:
     """True when ``n_positional`` positional arguments and ``kwargs`` bind to the
-    parameters ``plain`` describes; False means "let ``Signature.bind`` say why"."""
-    names, required = plain
-    if n_positional > len(names):
+    parameters ``plain`` describes; False means "let ``Signature.bind`` say why".
+    Whether arguments bind depends only on their count and the keywords' names."""
+    names, required, var_positional, var_keyword = plain
+    if n_positional > len(names) and not var_positional:
         return False
     covered = n_positional
     for k in kwargs:
         i = names.get(k)
-        if i is None or i < n_positional:
-            return False            # unknown, or given twice
+        if i is None:
+            if var_keyword:
+                continue            # collected by **kwargs
+            return False            # unknown
+        if i < n_positional:
+            return False            # given twice
         if i < required:
             covered += 1
     return covered >= required
@@ -574,8 +588,8 @@ class Task:
         self._max_attempts: int = self.defaults["max_attempts"]
         self.defaults["max_attempts"] = None
         self._signature: inspect.Signature | None | bool = False   # False: not looked up yet
-        #: (names, required) when every parameter is positional-or-keyword (see _binds)
-        self._plain_params: tuple[dict[str, int], int] | None = None
+        #: the signature's shape when _binds can check it (see _plain_params)
+        self._plain_params: tuple[dict[str, int], int, bool, bool] | None = None
         if self.fn is not None:
             self.__doc__ = fn.__doc__
             self.__wrapped__ = fn

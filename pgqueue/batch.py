@@ -31,12 +31,12 @@ keep the adding transactions short.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from .errors import BatchSealed, EnqueueError
+from .serialization import compact
 from .workflow import Signature, WorkflowHandle, _Plan, check_error_callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +51,7 @@ _SEAL_SQL = "select pgqueue.seal_batch(%(id)s)"
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return compact(value)
 
 
 class Batch:

@@ -64,7 +64,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -72,6 +71,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .errors import EnqueueError
+from .serialization import compact
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import JobContext
@@ -118,7 +118,7 @@ def meta_json(meta: Mapping[str, str] | None) -> str | None:
     """The JSON text stored for ``meta`` (``None`` for none or empty)."""
     if not meta:
         return None
-    return json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+    return compact(meta)
 
 
 @dataclasses.dataclass

@@ -186,6 +186,23 @@ def _plain_scalar(v: Any) -> bool:
     return v is None or t is bool
 
 
+#: ``compact(value)``: JSON text without spaces, non-ASCII kept (``json.dumps`` with
+#: these options, without building an encoder per call)
+compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# The C encoder built once, for the flat lists of plain scalars below (no container to
+# check for cycles, no float to write out): a third of compact()'s cost per call.
+_c_encoder = json.encoder.c_make_encoder    # type: ignore[attr-defined]
+if _c_encoder is not None:
+    _flat_encoder = _c_encoder(None, None, json.encoder.encode_basestring, None, ":", ",",
+                               False, False, True)
+
+    def _flat_json(value: Any) -> str:
+        return "".join(_flat_encoder(value, 0))
+else:  # pragma: no cover - a Python built without the json C accelerator
+    _flat_json = compact
+
+
 def dumps(value: Any, path: str = "value") -> str:
     """Encode and serialize to a JSON string (for a ``jsonb`` parameter)."""
     # Fast paths for the most common values: no result, no arguments.
@@ -199,12 +216,12 @@ def dumps(value: Any, path: str = "value") -> str:
     if (t is list or t is tuple) and len(value) <= 16 and all(map(_plain_scalar, value)):
         # A short flat list of small ints, ASCII strings, booleans and nulls (most
         # arguments): JSON as it stands, no tagging walk, no float to write out.
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return _flat_json(value)
     if (t is str or t is bytes) and len(value) > MAX_DOCUMENT_BYTES:
         _too_large(path, len(value))     # before base64 or a copy doubles it
     try:
         encoded = encode(value, path)
-        text = json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+        text = compact(encoded)
         if "e+" in text:     # perhaps a float of 1e16 or more (else a string: harmless)
             text = "".join(_exact_floats(encoded))
     except RecursionError:

@@ -77,7 +77,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -634,7 +633,7 @@ def replacement_params(canvas: _Canvas) -> dict[str, Any]:
     else:
         plan, tails, is_list = _compile(canvas, None)
         steps = plan.steps
-    return {"steps": json.dumps(steps, ensure_ascii=False, separators=(",", ":")),
+    return {"steps": serialization.compact(steps),
             "result_steps": tails, "result_is_list": is_list}
 
 
@@ -671,7 +670,7 @@ class WorkflowCall:
                     if "meta" in step:
                         step["meta"] = {**added, **step["meta"]}
             hooked = (info, gens)
-        params = {"steps": json.dumps(plan.steps, ensure_ascii=False, separators=(",", ":")),
+        params = {"steps": serialization.compact(plan.steps),
                   "name": self.name, "result_steps": tails, "result_is_list": is_list,
                   "meta": meta_json(meta)}
         return plan.app, params, tails, is_list, hooked

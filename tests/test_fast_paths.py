@@ -1,7 +1,8 @@
 """The producer's fast paths agree with the general code they short-cut.
 
-``check_args`` accepts the usual signature shape (positional-or-keyword parameters,
-required ones first) without building a ``BoundArguments``, and ``dumps`` writes a
+``check_args`` accepts the usual signature shapes (positional-or-keyword parameters,
+required ones first, then perhaps ``*args`` and ``**kwargs``) without building a
+``BoundArguments``, and ``dumps`` writes a
 short flat list of plain scalars without the tagging walk. Each must give exactly the
 verdict and the text of the general path, or refuse nothing it would refuse: here
 both are compared on generated signatures, calls and values. No database.
@@ -29,12 +30,21 @@ def signature_and_call(draw):
     params = [inspect.Parameter(NAMES[i], inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                 **({} if i < required else {"default": None}))
               for i in range(n)]
+    # then perhaps *args, a keyword-only parameter (bind() checks that shape) and **kwargs
+    if draw(st.booleans()):
+        params.append(inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL))
+    if draw(st.booleans()):
+        params.append(inspect.Parameter("k", inspect.Parameter.KEYWORD_ONLY,
+                                        **({} if draw(st.booleans()) else {"default": None})))
+    if draw(st.booleans()):
+        params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     n_args = draw(st.integers(0, 5))
-    keys = draw(st.lists(st.sampled_from(NAMES + ["x"]), unique=True, max_size=4))
+    keys = draw(st.lists(st.sampled_from(NAMES + ["x", "k", "args", "kwargs"]), unique=True,
+                         max_size=4))
     return inspect.Signature(params), n_args, {k: 1 for k in keys}
 
 
-@settings(max_examples=600)     # no database: cheap, and the shapes are few
+@settings(max_examples=1500)    # no database: cheap, and the shapes are few
 @given(signature_and_call(), st.booleans())
 def test_check_args_gives_the_verdict_of_signature_bind(case, pass_context):
     sig, n_args, kwargs = case
@@ -89,3 +99,26 @@ def test_check_args_takes_any_iterable_as_its_positional_arguments():
         task.check_args(iter([1, 2, 3]), {})
     with pytest.raises(TypeError, match=r"t\.gen\(\) multiple values for argument 'b'"):
         task.check_args((x for x in (1, 2)), {"b": 2})
+
+
+def test_the_usual_shapes_take_the_fast_path():
+    """``def f(a, b=1)``, ``def f(*args, **kwargs)`` and ``def f(a, *rest)`` are checked
+    without ``Signature.bind`` (a keyword-only parameter is left to it)."""
+    app = App("postgresql://unused")
+
+    def plain(a, b=1):
+        return None
+
+    def anything(*args, **kwargs):
+        return None
+
+    def rest(a, *more):
+        return None
+
+    def keyword_only(a, *, b):
+        return None
+
+    for fn, fast in [(plain, True), (anything, True), (rest, True), (keyword_only, False)]:
+        task = app.task(fn, name=f"t.{fn.__name__}")
+        task.check_args((1,), {}) if fn is not keyword_only else task.check_args((1,), {"b": 2})
+        assert (task._plain_params is not None) is fast, fn.__name__
