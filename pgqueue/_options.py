@@ -92,7 +92,9 @@ def _validate_when(delay: Any, run_at: Any) -> tuple[float | None, dt.datetime |
         if delay > MAX_DELAY:
             raise EnqueueError(f"delay must be at most {MAX_DELAY:.0f} seconds (100 years), "
                                f"got {delay}; use run_at for an absolute time")
-        return float(delay), None
+        # PostgreSQL counts time in whole microseconds: a positive delay under half of
+        # one would round to none, and the job would be available at once.
+        return (max(float(delay), 1e-6) if delay > 0 else 0.0), None
     if run_at is not None:
         if not isinstance(run_at, dt.datetime):
             raise EnqueueError(f"run_at must be an aware datetime, got {run_at!r}")

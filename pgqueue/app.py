@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import inspect
+import itertools
 import logging
 import os
 import sys
@@ -535,8 +536,8 @@ def _binds(plain: tuple[dict[str, int], int, bool, bool], n_positional: int,
     for k in kwargs:
         i = names.get(k)
         if i is None:
-            if var_keyword:
-                continue            # collected by **kwargs
+            if var_keyword and isinstance(k, str):
+                continue            # collected by **kwargs (whose names are str)
             return False            # unknown
         if i < n_positional:
             return False            # given twice
@@ -597,7 +598,7 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         if self.fn is None:
             raise UnknownTaskError(f"task {self.name!r} has no function in this process")
         return self.fn(*args, **kwargs)
@@ -673,7 +674,7 @@ class Task:
         """The declared attempts, applied by a worker to jobs that did not set theirs."""
         return self._max_attempts
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
+    def s(self, /, *args: Any, **kwargs: Any) -> Any:
         """A signature for workflows (Celery's ``task.s``): this task with these
         arguments; in a chain it receives the previous step's result first.
         Per-step options with ``.set(queue=..., priority=..., delay=...)``.
@@ -681,7 +682,7 @@ class Task:
         from .workflow import Signature
         return Signature(self, args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Any:
+    def si(self, /, *args: Any, **kwargs: Any) -> Any:
         """An immutable signature (Celery's ``task.si``): receives only these arguments,
         never a previous step's result."""
         from .workflow import Signature
@@ -741,7 +742,7 @@ class Task:
         opts.update(_validate_debounce(debounce, debounce_key, debounce_max, opts, self.name))
         return TaskCall(self, connection, opts)
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, /, *args: Any, **kwargs: Any) -> Job:
         """Enqueue on the app's pool, committed at once. See :meth:`using` for options.
 
         :raises TypeError: the arguments do not bind to the function's signature
@@ -754,7 +755,7 @@ class Task:
         """
         return TaskCall(self, None, self._plain_options()).enqueue(*args, **kwargs)
 
-    async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
+    async def aenqueue(self, /, *args: Any, **kwargs: Any) -> Job:
         """``enqueue`` for async code: runs on the app's pool in a thread (on Django's
         connection through ``sync_to_async`` when ``pgqueue.contrib.django`` is installed)."""
         import asyncio
@@ -814,7 +815,7 @@ class TaskCall:
             params["meta"] = meta_json(info.meta)
         return info, gens
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, /, *args: Any, **kwargs: Any) -> Job:
         """Enqueue one job; returns its :class:`Job` handle.
 
         On a caller's connection the insert joins the caller's transaction (or savepoint)
@@ -843,7 +844,7 @@ class TaskCall:
         self.task.app.hooks.after_enqueue(gens, job_id=job_id)
         return Job(self.task.app, job_id)
 
-    async def aenqueue(self, *args: Any, **kwargs: Any) -> Job:
+    async def aenqueue(self, /, *args: Any, **kwargs: Any) -> Job:
         """Enqueue on a caller's async connection (its transaction), or a new one.
 
         Accepts a psycopg ``AsyncConnection``, a SQLAlchemy ``AsyncSession`` or
@@ -899,6 +900,12 @@ class TaskCall:
             raise EnqueueError("debounce replaces one waiting job: enqueue_many cannot use it")
         direct = o["delay"] is None and o["run_at"] is None and o["unique_key"] is None
         rows = _bulk_rows(self.task, items, o, direct)
+        # The first item is checked before any SQL (a later bad one ends the COPY and
+        # its savepoint); no item, no SQL.
+        first = next(rows, None)
+        if first is None:
+            return 0
+        rows = itertools.chain((first,), rows)
         with sync_connection(self.task.app, self.connection) as conn:
             with conn.transaction() if conn.autocommit else _savepoint(conn):
                 if direct:
@@ -973,7 +980,7 @@ class Args:
 
     __slots__ = ("args", "kwargs")
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, /, *args: Any, **kwargs: Any):
         self.args = args
         self.kwargs = kwargs
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from .errors import BatchSealed, EnqueueError
-from .serialization import compact
+from .serialization import json_text
 from .workflow import Signature, WorkflowHandle, _Plan, check_error_callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +51,7 @@ _SEAL_SQL = "select pgqueue.seal_batch(%(id)s)"
 
 
 def _dumps(value: Any) -> str:
-    return compact(value)
+    return json_text(value)
 
 
 class Batch:

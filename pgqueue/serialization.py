@@ -58,6 +58,18 @@ def _bad(path: str, message: str) -> SerializationError:
     return SerializationError(f"argument {path}: {message}")
 
 
+#: below this many seconds (2**33, about 272 years) a float holds every whole
+#: microsecond, so a timedelta's seconds read back exactly
+_EXACT_TIMEDELTA_SECONDS = float(2 ** 33)
+
+
+def _exact_seconds(value: dt.timedelta, seconds: float) -> bool:
+    try:
+        return dt.timedelta(seconds=seconds) == value
+    except OverflowError:     # rounded past timedelta.max
+        return False
+
+
 def _utf8_ok(text: str) -> bool:
     """False if ``text`` holds a lone surrogate (PostgreSQL accepts only valid UTF-8)."""
     try:
@@ -121,7 +133,12 @@ def encode(value: Any, path: str = "value") -> Any:
     if isinstance(value, dt.time):
         return {TAG: "time", "value": value.isoformat()}
     if isinstance(value, dt.timedelta):
-        return {TAG: "timedelta", "value": value.total_seconds()}
+        seconds = value.total_seconds()
+        if abs(seconds) >= _EXACT_TIMEDELTA_SECONDS and not _exact_seconds(value, seconds):
+            raise _bad(path, f"{value!r} cannot be stored exactly: it is stored as seconds in "
+                             "a float, which keeps whole microseconds only up to about 272 "
+                             "years; round it to seconds or send its parts as ints")
+        return {TAG: "timedelta", "value": seconds}
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise _bad(path, f"Decimal {value} is not finite")
@@ -130,15 +147,17 @@ def encode(value: Any, path: str = "value") -> Any:
         return {TAG: "uuid", "value": str(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {TAG: "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
-    # Subclasses of the basic types (IntEnum, str subclasses, OrderedDict...).
+    # Subclasses of the basic types (IntEnum, str subclasses, OrderedDict...), by the
+    # value they hold, as json.dumps writes them: str(), int() and float() would call a
+    # subclass's own __str__ (a (str, Enum) member's is "Color.RED"), __int__, __float__.
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return int(value)
+        return encode(int.__index__(value), path)
     if isinstance(value, float):
-        return encode(float(value), path)
+        return encode(float.__float__(value), path)
     if isinstance(value, str):
-        return encode(str(value), path)
+        return encode(str.__str__(value), path)
     if isinstance(value, dict):
         return encode(dict(value), path)
     if isinstance(value, (list, tuple)):
@@ -203,6 +222,16 @@ else:  # pragma: no cover - a Python built without the json C accelerator
     _flat_json = compact
 
 
+def json_text(encoded: Any) -> str:
+    """The JSON text of a value already encoded (:func:`encode`), its floats written so that
+    they read back as the same float (``1e16`` as ``10000000000000000.0``, not as an
+    int)."""
+    text = compact(encoded)
+    if "e+" in text:     # perhaps a float of 1e16 or more (else a string: harmless)
+        text = "".join(_exact_floats(encoded))
+    return text
+
+
 def dumps(value: Any, path: str = "value") -> str:
     """Encode and serialize to a JSON string (for a ``jsonb`` parameter)."""
     # Fast paths for the most common values: no result, no arguments.
@@ -220,10 +249,7 @@ def dumps(value: Any, path: str = "value") -> str:
     if (t is str or t is bytes) and len(value) > MAX_DOCUMENT_BYTES:
         _too_large(path, len(value))     # before base64 or a copy doubles it
     try:
-        encoded = encode(value, path)
-        text = compact(encoded)
-        if "e+" in text:     # perhaps a float of 1e16 or more (else a string: harmless)
-            text = "".join(_exact_floats(encoded))
+        text = json_text(encode(value, path))
     except RecursionError:
         raise _bad(path, "is nested too deeply (or contains itself); flatten the "
                          "structure") from None

@@ -259,7 +259,7 @@ class Signature(_Canvas):
         self.options.update(checked)
         return self
 
-    def clone(self, *args: Any, **kwargs: Any) -> Signature:
+    def clone(self, /, *args: Any, **kwargs: Any) -> Signature:
         """A copy, with ``args`` appended and ``kwargs`` merged (Celery's ``clone``)."""
         s = copy.copy(self)
         s.args = (*self.args, *args)
@@ -633,7 +633,7 @@ def replacement_params(canvas: _Canvas) -> dict[str, Any]:
     else:
         plan, tails, is_list = _compile(canvas, None)
         steps = plan.steps
-    return {"steps": serialization.compact(steps),
+    return {"steps": serialization.json_text(steps),
             "result_steps": tails, "result_is_list": is_list}
 
 
@@ -670,7 +670,7 @@ class WorkflowCall:
                     if "meta" in step:
                         step["meta"] = {**added, **step["meta"]}
             hooked = (info, gens)
-        params = {"steps": serialization.compact(plan.steps),
+        params = {"steps": serialization.json_text(plan.steps),
                   "name": self.name, "result_steps": tails, "result_is_list": is_list,
                   "meta": meta_json(meta)}
         return plan.app, params, tails, is_list, hooked

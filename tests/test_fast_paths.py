@@ -39,7 +39,7 @@ def signature_and_call(draw):
     if draw(st.booleans()):
         params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     n_args = draw(st.integers(0, 5))
-    keys = draw(st.lists(st.sampled_from(NAMES + ["x", "k", "args", "kwargs"]), unique=True,
+    keys = draw(st.lists(st.sampled_from(NAMES + ["x", "k", "args", "kwargs", 1]), unique=True,
                          max_size=4))
     return inspect.Signature(params), n_args, {k: 1 for k in keys}
 

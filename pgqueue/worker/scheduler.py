@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from .. import serialization
 from .._sql import q
@@ -41,10 +40,13 @@ RECONNECT_MAX = 5.0
 
 def _definition(p: PeriodicTask, declared_by: str, now: dt.datetime) -> dict[str, Any]:
     every = p.schedule.every.total_seconds() if p.schedule.every is not None else None
+    args = serialization.encode(list(p.args), "args")
+    kwargs = serialization.encode(dict(p.kwargs), "kwargs")
     return {
         "name": p.name, "task": p.task_name,
-        "args": Jsonb(serialization.encode(list(p.args), "args")),
-        "kwargs": Jsonb(serialization.encode(dict(p.kwargs), "kwargs")),
+        # JSON text whose floats read back as floats; the values, to compare with a row
+        "args": serialization.json_text(args), "args_value": args,
+        "kwargs": serialization.json_text(kwargs), "kwargs_value": kwargs,
         "cron": p.schedule.cron, "every": every, "tz": p.schedule.tz,
         "queue": p.queue, "priority": p.priority, "catch_up": p.catch_up,
         "catch_up_limit": p.catch_up_limit, "pass_slot": _takes_slot(p),
@@ -84,7 +86,7 @@ def upsert_declarations(conn: psycopg.Connection, declared: Iterable[PeriodicTas
              pass_slot, was_declared, declared_by, next_slot, _) = row
             stored = (task, args, kwargs, cron, every, tz, queue, priority, catch_up, limit,
                       pass_slot)
-            mine = (d["task"], d["args"].obj, d["kwargs"].obj, d["cron"], d["every"], d["tz"],
+            mine = (d["task"], d["args_value"], d["kwargs_value"], d["cron"], d["every"], d["tz"],
                     d["queue"], d["priority"], d["catch_up"], d["catch_up_limit"],
                     d["pass_slot"])
             reslot = (cron, every, tz) != (d["cron"], d["every"], d["tz"]) or next_slot is None

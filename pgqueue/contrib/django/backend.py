@@ -143,7 +143,7 @@ class PgQueueBackend(BaseTaskBackend):
             return existing
         backend = self
 
-        def run(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        def run(ctx: Any, /, *args: Any, **kwargs: Any) -> Any:
             return backend._run(ctx, name, args, kwargs)
         run.__qualname__ = run.__name__ = f"django_task:{name}"
         return self.app.task(run, name=name, queue=task.queue_name,
