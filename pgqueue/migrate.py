@@ -129,15 +129,20 @@ def check_schema(conn: psycopg.Connection) -> int:
     need = latest_version()
     applied = applied_versions(conn)
     have = max(applied) if applied else 0
+    # Which database: with no DSN set, the embedded server's database follows the
+    # project directory, and `pgqueue migrate` run elsewhere installs it in another.
+    where = f"database {conn.info.dbname!r} on {conn.info.host}"
+    migrate_there = ("run `pgqueue migrate` with the same DSN (with none set, from the same "
+                     "project directory: `pgqueue embedded status` names its database)")
     if have == 0:
-        raise SchemaError(f"the pgqueue schema is not installed (this code needs version {need}); "
-                          "run `pgqueue migrate`")
+        raise SchemaError(f"the pgqueue schema is not installed in {where} (this code needs "
+                          f"version {need}); {migrate_there}")
     if have < need or len(applied) < need:
-        raise SchemaError(f"the pgqueue schema is at version {have}, this code needs version "
-                          f"{need}; run `pgqueue migrate`")
+        raise SchemaError(f"the pgqueue schema in {where} is at version {have}, this code "
+                          f"needs version {need}; {migrate_there}")
     if have > need:
-        raise SchemaError(f"the pgqueue schema is at version {have}, newer than this code "
-                          f"(version {need}); upgrade pgqueue on this host")
+        raise SchemaError(f"the pgqueue schema in {where} is at version {have}, newer than "
+                          f"this code (version {need}); upgrade pgqueue on this host")
     return have
 
 

@@ -71,8 +71,11 @@ def test_status_and_dry_run_then_apply(empty_dsn):
         assert [m.version for m in pending] == [m.version for m in migrate.migrations()]
         assert "pg_advisory_xact_lock" in migrate.render(pending)
         assert conn.execute("select to_regclass('pgqueue.jobs')").fetchone()[0] is None
-        with pytest.raises(SchemaError, match="not installed"):
+        with pytest.raises(SchemaError, match="not installed") as refused:
             migrate.check_schema(conn)
+        # it names the database, which with no DSN set follows the project directory
+        assert repr(conn.info.dbname) in str(refused.value)
+        assert "pgqueue embedded status" in str(refused.value)
         migrate.apply(conn)
         assert migrate.check_schema(conn) == migrate.latest_version()
         assert migrate.apply(conn) == []
