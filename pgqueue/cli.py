@@ -377,14 +377,16 @@ def _json_arg(value: str | None, kind: type, what: str) -> str:
     try:
         # the checks of the Python API (NUL, lone surrogates, 1e999, size, and on the
         # values that tagged JSON ({"$type": ...}) stands for: a naive datetime, a bad
-        # date); the text itself is stored as given, so tagged values keep their meaning
+        # date); the JSON itself is stored as given, so tagged values keep their meaning
         serialization.dumps(serialization.decode(parsed), what.lstrip("-"))
     except SerializationError as e:
         raise click.BadParameter(str(e), param_hint=what) from None
     except (ValueError, TypeError, KeyError) as e:
         raise click.BadParameter(f"holds a tagged value that cannot be read: {e}",
                                  param_hint=what) from None
-    return value
+    # written as the Python API writes it: a float of 1e16 or more keeps a fraction
+    # (jsonb would turn 1e+16 into the integer 10000000000000000)
+    return serialization.json_text(parsed)
 
 
 @main.command()

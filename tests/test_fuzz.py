@@ -163,6 +163,13 @@ def test_enqueue_many_is_all_or_nothing_inside_the_callers_transaction(app, dsn,
 
 # -- the SQL API -----------------------------------------------------------------------
 
+def exact(text: str) -> Any:
+    """JSON text read with every number as an exact decimal: jsonb keeps numbers as
+    numeric, so a caller's ``1e+16`` reads back as ``10000000000000000`` (an int to a
+    plain JSON reader; the Python API writes such floats as ``10000000000000000.0``)."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
 @given(task=db_text, args=json_docs, kwargs=json_docs, queue=st.none() | db_text,
        priority=st.none() | st.integers(-2**31, 2**31 - 1),
        unique_key=st.none() | db_text, raw=st.none() | db_text)
@@ -183,10 +190,8 @@ def test_sql_enqueue_round_trips_or_refuses_cleanly(conn, sentinel, task, args, 
             return
         row = conn.execute("select task, args::text, kwargs::text, queue, priority, "
                            "unique_key, state from pgqueue.jobs where id = %s", (jid,)).fetchone()
-        # jsonb keeps numbers as exact decimals (1e+16 reads back as 10000000000000000)
-        exact = {"parse_float": Decimal, "parse_int": Decimal}
-        assert (row[0], json.loads(row[1], **exact), json.loads(row[2], **exact), *row[3:]) == \
-            (task, json.loads(args_text, **exact), json.loads(json.dumps(kwargs), **exact),
+        assert (row[0], exact(row[1]), exact(row[2]), *row[3:]) == \
+            (task, exact(args_text), exact(json.dumps(kwargs)),
              queue or "default", priority or 0, unique_key, "available")
         conn.execute("delete from pgqueue.jobs where id = %s", (jid,))
     assert_untouched(conn, sentinel)
@@ -212,10 +217,11 @@ def test_sql_enqueue_workflow_refuses_cleanly(conn, sentinel, steps, name):
             assert_clear_pg_error(e)
             assert_untouched(conn, sentinel)
             return
-        rows = conn.execute("select task, args, kwargs from pgqueue.jobs where id = any(%s) "
+        rows = conn.execute("select task, args::text from pgqueue.jobs where id = any(%s) "
                             "order by id", (ids,)).fetchall()
         assert [r[0] for r in rows] == [s["task"] for s in steps]
-        assert [r[1] for r in rows] == [s.get("args", []) for s in steps]
+        assert [exact(r[1]) for r in rows] == [exact(json.dumps(s.get("args", [])))
+                                               for s in steps]
         conn.execute("delete from pgqueue.workflows where id = %s", (wf,))
     assert_untouched(conn, sentinel)
 
@@ -239,9 +245,9 @@ def test_sql_add_schedule_refuses_cleanly(conn, sentinel, name, task, cron, ever
             assert_clear_pg_error(e)
             assert_untouched(conn, sentinel)
             return
-        row = conn.execute("select task, args, cron from pgqueue.schedules where name = %s",
-                           (name,)).fetchone()
-        assert row == (task, args, cron)
+        row = conn.execute("select task, args::text, cron from pgqueue.schedules "
+                           "where name = %s", (name,)).fetchone()
+        assert (row[0], exact(row[1]), row[2]) == (task, exact(json.dumps(args)), cron)
         conn.execute("delete from pgqueue.schedules")
     assert_untouched(conn, sentinel)
 
@@ -271,14 +277,16 @@ def test_cli_enqueue_round_trips_or_fails_with_a_usage_error(dsn, conn, sentinel
         assert_untouched(conn, sentinel)
         return
     (jid,) = conn.execute("select max(id) from pgqueue.jobs").fetchone()
-    got = conn.execute("select task, args, kwargs from pgqueue.jobs where id = %s",
-                       (jid,)).fetchone()
-    assert got[0] == task
-    if args is not None:
-        assert got[1] == json.loads(args)
-    if kwargs is not None:
-        assert got[2] == json.loads(kwargs)
-    conn.execute("delete from pgqueue.jobs where id = %s", (jid,))
+    try:
+        got = conn.execute("select task, args, kwargs from pgqueue.jobs where id = %s",
+                           (jid,)).fetchone()
+        assert got[0] == task
+        if args is not None:    # the value given, read back as Python reads it
+            assert same(got[1], json.loads(args)), (got[1], args)
+        if kwargs is not None:
+            assert same(got[2], json.loads(kwargs)), (got[2], kwargs)
+    finally:    # a failing example leaves no job behind to fail the next ones
+        conn.execute("delete from pgqueue.jobs where id = %s", (jid,))
     assert_untouched(conn, sentinel)
 
 
@@ -292,3 +300,21 @@ def test_floats_of_1e16_and_more_read_back_as_the_same_floats(app):
     job.refresh()
     assert [type(v) for v in job.args] == [type(v) for v in sent]
     assert job.args == sent
+
+
+def test_cli_enqueue_keeps_floats_of_1e16_and_more(dsn, conn):
+    """``--args '[5.408474909489422e+16]'`` was stored as given, and jsonb turned the
+    float into the integer 54084749094894220."""
+    result = CliRunner().invoke(main, ["--dsn", dsn, "enqueue", "fuzz.floats", "--args",
+                                       '[5.408474909489422e+16, 1e16, {"$type": "uuid", '
+                                       '"value": "12345678-1234-5678-1234-567812345678"}]',
+                                       "--kwargs", '{"x": 2e20}'])
+    assert result.exit_code == 0, result.output
+    (jid,) = conn.execute("select max(id) from pgqueue.jobs").fetchone()
+    args, kwargs = conn.execute("select args, kwargs from pgqueue.jobs where id = %s",
+                                (jid,)).fetchone()
+    conn.execute("delete from pgqueue.jobs where id = %s", (jid,))
+    assert args == [5.408474909489422e16, 1e16, {"$type": "uuid",
+                    "value": "12345678-1234-5678-1234-567812345678"}]
+    assert [type(a) for a in args[:2]] == [float, float]
+    assert kwargs == {"x": 2e20} and type(kwargs["x"]) is float
