@@ -70,3 +70,21 @@ def test_json_report_on_stdout(dsn):
     report = json.loads(proc.stdout)
     assert [r["scenario"] for r in report["results"]] == ["enqueue", "bulk"]
     assert report["server_version"]
+
+
+def test_cpu_per_job_script_splits_a_real_drain(dsn):
+    """``benchmarks/cpu_per_job.py`` drains its jobs and reads both sides' CPU time (the
+    test database runs on this machine), leaving its queue empty."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "benchmarks/cpu_per_job.py", dsn, "--jobs", "300",
+                           "--concurrency", "5"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.strip().splitlines()
+    assert "worker us/job" in header and "server us/job" in header
+    concurrency, rate, worker_us, server_us, *_ = row.replace(",", "").split()
+    assert int(concurrency) == 5 and float(rate) > 0
+    assert float(worker_us) > 0 and float(server_us) > 0, row
+    with psycopg.connect(dsn) as c:
+        assert c.execute("select count(*) from pgqueue.jobs "
+                         "where queue = 'cpu_per_job'").fetchone()[0] == 0
