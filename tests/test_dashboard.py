@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import socket
@@ -249,6 +250,34 @@ def test_job_page_shows_traceback_and_retry_runs_it_again(dsn, app, start_worker
         page.goto(f"{d.url}/jobs/{job.id}")
         assert "completed" in page.inner_text("h1")
         page.shot("job-completed")
+
+
+def test_job_timeline_is_in_time_order(dashboard, conn, page):
+    """A job retried by hand after four failed attempts: its run_at (the retry) is
+    after every attempt, and attempt 4 started before it failed. The timeline listed
+    the run time second and every failure before the last start."""
+    errors = json.dumps([
+        {"at": f"2026-01-01T10:0{n}:30+00:00", "attempt": n, "type": "ValueError",
+         "message": f"boom {n}", "traceback": None} for n in (1, 2, 3, 4)]
+        + [{"at": "not a time", "attempt": 0, "type": "X", "message": "no time"}])
+    (job_id,) = conn.execute(
+        "insert into pgqueue.jobs (queue, task, state, attempt, max_attempts, created_at, "
+        "run_at, started_at, errors) values ('default', 'app.work', 'retryable', 4, 9, "
+        "'2026-01-01T10:00:00Z', '2026-01-01T11:00:00Z', '2026-01-01T10:04:00Z', %s) "
+        "returning id", (errors,)).fetchone()
+    r = dashboard.get(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    page.goto(f"{dashboard.url}/jobs/{job_id}")
+    items = page.locator("#timeline li").evaluate_all(
+        "lis => lis.map(li => [li.dataset.event, li.innerText])")
+    assert [e for e, _ in items] == ["enqueued", "failed", "failed", "failed", "started",
+                                     "failed", "failed", "due"], items
+    assert "attempt 4 started" in items[4][1] and "boom 4" in items[5][1]
+    assert "no time" in items[6][1]
+    # the time that is not one is shown as written in the errors list (it was a 500)
+    assert "not a time" in page.inner_text("section.error-entry >> nth=0")
+    whens = [t.split(" ", 2)[:2] for _, t in items if t[:4].isdigit()]
+    assert whens == sorted(whens)
 
 
 def test_pause_and_resume_a_queue(dashboard, conn, page):

@@ -168,12 +168,23 @@ def _query_string(filters: dict[str, Any], **extra: Any) -> str:
 
 # -- template helpers --------------------------------------------------------------
 
-def _ts(value: Any) -> str:
+def _moment(value: Any) -> dt.datetime | None:
+    """A timestamp of the job row or of an errors entry (ISO text), else None."""
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
     if not isinstance(value, dt.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _ts(value: Any) -> str:
+    moment = _moment(value)
+    if moment is None:      # not a time (an errors entry written by hand): as it is
         return "" if value is None else str(value)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
 def _age(seconds: float | None) -> str:
@@ -193,6 +204,37 @@ def _age(seconds: float | None) -> str:
 
 def _since(value: dt.datetime | None, now: dt.datetime) -> str:
     return "" if value is None else _age((now - value).total_seconds())
+
+
+#: order of events that carry the same time
+_EVENT_RANK = {"enqueued": 0, "due": 1, "started": 2, "failed": 3, "cancel": 4, "finished": 5}
+
+
+def _timeline(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's events in time order: ``{"kind", "at", ...}`` (``at`` None for an
+    errors entry without a readable time, kept after the events before it)."""
+    waiting = job["state"] in ("scheduled", "retryable", "pending", "available")
+    events: list[dict[str, Any]] = [
+        {"kind": "enqueued", "at": job["created_at"]},
+        {"kind": "due", "at": job["run_at"], "waiting": waiting}]
+    errors = job["errors"] if isinstance(job["errors"], list) else []
+    for e in errors:
+        if isinstance(e, dict):
+            events.append({"kind": "failed", "at": _moment(e.get("at")),
+                           "attempt": e.get("attempt"), "type": e.get("type"),
+                           "message": e.get("message")})
+    if job["started_at"] is not None:
+        events.append({"kind": "started", "at": job["started_at"], "attempt": job["attempt"]})
+    if job["cancel_requested_at"] is not None:
+        events.append({"kind": "cancel", "at": job["cancel_requested_at"]})
+    if job["finished_at"] is not None:
+        events.append({"kind": "finished", "at": job["finished_at"], "state": job["state"]})
+    last = job["created_at"]
+    for e in events:       # an entry without a time stays after the one before it
+        e["key"] = e["at"] if e["at"] is not None else last
+        last = e["key"]
+    events.sort(key=lambda e: (e["key"], _EVENT_RANK[e["kind"]]))
+    return events
 
 
 def _json(value: Any) -> str:
@@ -413,7 +455,7 @@ class Dashboard:
         if job is None:
             return self.error(request, 404, f"No job {job_id} (pruned, or never enqueued).")
         return self.render(request, "job.html", job=job, now=job["now"],
-                           live=job["state"] in UNFINISHED)
+                           timeline=_timeline(job), live=job["state"] in UNFINISHED)
 
     async def workflows(self, request: Request) -> Response:
         state = request.query_params.get("state") or None
