@@ -249,11 +249,26 @@ def roles(obj: Ctx, producer: str | None, worker_role: str | None, operator: str
 def load_app(spec: str) -> App:
     """Import ``module[:attr]`` (attr defaults to ``app``) and return the App."""
     module_name, _, attr = spec.partition(":")
+
+    def a_path() -> click.BadParameter:
+        dotted = module_name.removesuffix(".py").strip("./").replace(os.sep, ".").replace(
+            "/", ".")
+        return click.BadParameter(
+            f"{spec!r} looks like a file path; --app takes a module name, as import "
+            f"would: --app {dotted}{':' + attr if attr else ''} (run from the directory "
+            "that holds it, or add that directory to PYTHONPATH)", param_hint="--app")
+    if not module_name.strip():
+        raise click.BadParameter(f"{spec!r} names no module; give MODULE or MODULE:ATTR, "
+                                 "e.g. --app myproject.tasks", param_hint="--app")
+    if module_name.startswith(".") or "/" in module_name or os.sep in module_name:
+        raise a_path()
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        if module_name.endswith(".py"):
+            raise a_path() from None
         hint = ""
         if getattr(e, "name", None) and module_name.split(".")[0] == e.name.split(".")[0]:
             hint = (f" (looked in the current directory {os.getcwd()} and on sys.path; run "

@@ -16,6 +16,7 @@ from importlib import resources
 
 import psycopg
 
+from .embedded import COMMENT_PREFIX
 from .errors import SchemaError
 
 __all__ = [
@@ -136,7 +137,7 @@ def check_schema(conn: psycopg.Connection) -> int:
                      "project directory: `pgqueue embedded status` names its database)")
     if have == 0:
         raise SchemaError(f"the pgqueue schema is not installed in {where} (this code needs "
-                          f"version {need}); {migrate_there}")
+                          f"version {need}); {migrate_there}{_stray_hint(conn)}")
     if have < need or len(applied) < need:
         raise SchemaError(f"the pgqueue schema in {where} is at version {have}, this code "
                           f"needs version {need}; {migrate_there}")
@@ -144,6 +145,22 @@ def check_schema(conn: psycopg.Connection) -> int:
         raise SchemaError(f"the pgqueue schema in {where} is at version {have}, newer than "
                           f"this code (version {need}); upgrade pgqueue on this host")
     return have
+
+
+def _stray_hint(conn: psycopg.Connection) -> str:
+    """For an embedded project database: how to remove it if it was created by mistake
+    (a command run from another directory creates that directory's database)."""
+    try:
+        comment = conn.execute(
+            "select shobj_description(oid, 'pg_database') from pg_catalog.pg_database "
+            "where datname = current_database()").fetchone()[0]
+    except psycopg.Error:
+        return ""
+    if not (comment or "").startswith(COMMENT_PREFIX):
+        return ""
+    return (f". The embedded server created this database for the project "
+            f"{comment[len(COMMENT_PREFIX):]}; if that is not your project, `pgqueue "
+            f"embedded drop {conn.info.dbname}` removes it")
 
 
 def render(ms: Iterable[Migration]) -> str:

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pgqueue
 from pgqueue.app import LIBPQ_ENV
 from pgqueue.cli import main
+from pgqueue.migrate import check_schema
 from pgqueue.embedded import (
     NAME_ENV,
     EmbeddedServer,
@@ -150,6 +151,21 @@ def test_two_projects_get_separate_databases(embedded_home, tmp_path, monkeypatc
             app_b.job(job.id).refresh()
     finally:
         app_a.close()
+
+    # a command run from a third directory (no project there) finds its database, new
+    # and empty: the error says how to remove it
+    stray = tmp_path / "elsewhere"
+    stray.mkdir()
+    monkeypatch.chdir(stray)
+    app_c = pgqueue.App()
+    db_c = conninfo_to_dict(app_c.conninfo)["dbname"]
+    with psycopg.connect(app_c.conninfo) as c, pytest.raises(pgqueue.SchemaError) as e:
+        check_schema(c)
+    app_c.close()
+    assert f"database {db_c!r}" in str(e.value) and f"for the project {stray};" in str(e.value)
+    assert f"`pgqueue embedded drop {db_c}` removes it" in str(e.value)
+    cli("embedded", "drop", db_c, "--yes")
+    monkeypatch.chdir(other)
 
     # status says which project, database and data directory, and how to connect
     assert f"project:   {shop} (holds pyproject.toml" in status_a

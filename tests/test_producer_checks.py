@@ -248,6 +248,20 @@ def test_cli_refuses_unknown_names_with_app_unless_unregistered(dsn, conn):
         == [("billing.charge", "default", 0), ("nonexistent.task", "default", 0)]
 
 
+def test_cli_app_as_a_file_path_or_empty_is_refused_naming_what_to_give(dsn, conn):
+    for spec, module in (("tests/apps/producer.py", "tests.apps.producer"),
+                         ("./tests/apps/producer.py:app", "tests.apps.producer:app")):
+        res = cli(dsn, "producer.send", "--app", spec, "--args", '["a@b"]')
+        assert res.exit_code == 2, res.output
+        assert "looks like a file path" in res.output and f"--app {module} " in res.output
+    for spec in ("", ":app", " "):
+        res = cli(dsn, "producer.send", "--app", spec)
+        assert res.exit_code == 2 and "names no module" in res.output, res.output
+    assert conn.execute("select count(*) from pgqueue.jobs").fetchone() == (0,)
+    res = cli(dsn, "producer.send", "--app", "tests.apps.producer", "--args", '["a@b"]')
+    assert res.exit_code == 0, res.output
+
+
 def test_cli_checks_arguments_against_the_app(dsn, conn):
     res = cli(dsn, "producer.send", "--app", "tests.apps.producer")
     assert res.exit_code == 2, res.output
