@@ -785,6 +785,7 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
         raise click.UsageError("--reset clears every limit: give no other limit with it")
     with obj.connect() as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('pgqueue.queues set'))")
+        known = _queue_known(conn, name)
         row = conn.execute(q("queue_limits_get"), {"queue": name}).fetchone()
         cur = list(row[:6]) if row else [None] * 6
 
@@ -805,6 +806,7 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
                                     if limits.partition_rate_limit else None),
            "partition_rate_period": (limits.partition_rate_limit[1]
                                      if limits.partition_rate_limit else None)}
+    _warn_unknown_queue(name, known)
     if as_json:
         click.echo(_dump(out))
     elif reset:
@@ -814,6 +816,18 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
         click.echo(f"queue {name}: {_limits_text(out)}")
 
 
+def _queue_known(conn: psycopg.Connection, name: str) -> bool:
+    return bool(conn.execute(q("queue_known"), {"queue": name}).fetchone()[0])
+
+
+def _warn_unknown_queue(name: str, known: bool) -> None:
+    """On stderr: a setting for a queue nothing knows is most likely a misspelt name."""
+    if not known:
+        click.echo(f"note: no job waits in queue {name!r}, no worker claims it by name and "
+                   "no app declared it: check the spelling (`pgqueue queues` lists the "
+                   "queues); the setting is kept for the queue's jobs to come", err=True)
+
+
 def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
     from .app import _validate_options
     try:
@@ -821,9 +835,11 @@ def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
     except PgQueueError as e:
         raise click.BadParameter(str(e), param_hint="NAME") from None
     with obj.connect() as conn, conn.transaction():
+        known = _queue_known(conn, name)
         conn.execute(q("queue_pause"), {"name": name, "paused": paused})
         if not paused:   # wake the workers now rather than at their next poll
             conn.execute("select pg_notify('pgqueue_jobs', %s)", (name,))
+    _warn_unknown_queue(name, known)
     if as_json:
         click.echo(_dump({"queue": name, "paused": paused}))
     else:

@@ -399,6 +399,16 @@ select pgqueue.set_queue_limits(
     partition_rate_period => make_interval(secs => %(partition_rate_period)s::float8),
     set_by => %(set_by)s);
 
+-- name: queue_known
+-- Whether anything knows queue %(queue)s before an operator's setting: its row (an
+-- earlier setting, an app.queue() declaration), a worker claiming it by name, or a job
+-- waiting in it (read through the partial indexes on queue).
+select exists (select 1 from pgqueue.queues where name = %(queue)s)
+    or exists (select 1 from pgqueue.workers w where %(queue)s = any(w.queues))
+    or exists (select 1 from pgqueue.jobs j where j.queue = %(queue)s
+                  and j.state in ('available', 'scheduled', 'retryable'))
+    or exists (select 1 from pgqueue.jobs j where j.queue = %(queue)s and j.state = 'pending');
+
 -- name: queue_limits_get
 select concurrency, rate_limit, extract(epoch from rate_period)::float8,
        partition_concurrency, partition_rate_limit,

@@ -304,6 +304,22 @@ def test_declarations_apply_at_worker_start_and_an_operator_wins(dsn, conn, star
         flow_app._dsn = None
 
 
+def test_a_setting_for_a_queue_nothing_knows_warns_of_a_misspelt_name(dsn, conn):
+    enqueue(conn, 1)          # a job waits in 'limited'
+    r = cli(dsn, "queues", "set", "limted", "--concurrency", "2")
+    assert r.returncode == 0 and "concurrency=2" in r.stdout, r.stderr
+    assert "no job waits in queue 'limted'" in r.stderr and "check the spelling" in r.stderr
+    r = cli(dsn, "queues", "pause", "limted2")
+    assert r.returncode == 0 and "check the spelling" in r.stderr, r.stderr
+    for args in (("set", "limited", "--concurrency", "2"), ("pause", "limited"),
+                 ("set", "limted", "--concurrency", "3")):    # known now: it has a row
+        r = cli(dsn, "queues", *args)
+        assert r.returncode == 0 and r.stderr == "", (args, r.stderr)
+    assert conn.execute("select name, concurrency from pgqueue.queues where name like 'limt%' "
+                        "or name = 'limited' order by name").fetchall() == [
+        ("limited", 2), ("limted", 3), ("limted2", None)]
+
+
 def test_queue_limit_errors_are_clear(app, conn):
     with pytest.raises(pgqueue.ConfigurationError):
         app.queue("x", rate_limit=(0, 1.0))
