@@ -253,3 +253,23 @@ def test_a_child_process_that_cannot_be_started_is_retried_and_loses_no_outcome(
         assert len(refused) == 2 and pid == ex.pids[-1] != ex.pids[0]
     finally:
         app.close()
+
+
+def test_sigterm_to_the_whole_process_group_lets_running_jobs_finish(dsn, spawn_worker):
+    """systemd (KillMode=control-group), `kill -TERM -- -PGID` and `timeout` send SIGTERM
+    to every process of the worker's group, the fork server included: it died, its
+    children with it, and the running job was discarded as ChildProcessDied."""
+    w = spawn_worker(procs.SPEC, "-c", "2", "--shutdown-grace", "20")
+    wait_until(lambda: scalar(dsn, "select count(*) from pgqueue.workers") == 1, 30,
+               message="the worker registered")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        (job_id,) = c.execute("select pgqueue.enqueue('procs.nap', '[1.5]', "
+                              "max_attempts => 1)").fetchone()
+    wait_until(lambda: starts(dsn, job_id), 30, message="the job started in a child")
+    os.killpg(w.pid, signal.SIGTERM)       # the worker leads its own session and group
+    assert w.wait(30) == 0, w.log()
+    state, attempt, errors = job(dsn, job_id)
+    assert (state, attempt, errors) == ("completed", 1, []), w.log()
+    assert scalar(dsn, "select count(*) from public.side where job_id = %s and "
+                       "event = 'end'", (job_id,)) == 1
+    assert "exited with code" not in w.log()

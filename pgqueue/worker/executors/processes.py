@@ -39,7 +39,7 @@ from typing import Any
 from ...errors import Cancelled, ConfigurationError
 from ..outcomes import Outcomes, _Abandoned
 from ..running import RunningJobs, WakeUp, _Running
-from . import _child
+from . import _child, _forkserver
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -191,7 +191,8 @@ class ProcessExecutor:
         :raises ConfigurationError: a child could not import the app.
         """
         if self._mp.get_start_method() == "forkserver":
-            self._mp.set_forkserver_preload([_child.__name__,
+            # _forkserver first: the server ignores a SIGTERM sent to the whole group
+            self._mp.set_forkserver_preload([_forkserver.__name__, _child.__name__,
                                              self.app_spec.partition(":")[0]])
         children = [self._launch() for _ in range(self.size)]
         try:
