@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
+
 from .._sql import q
 from .connections import _Conn
 from .running import RunningJobs, WakeUp, _Running
@@ -100,11 +102,16 @@ def hand_back(conn: _Conn, running: RunningJobs, leftovers: list[_Running], *,
         time.sleep(0.01)
     owned = set(map(id, running.snapshot()))
     back = [r for r in leftovers if id(r) in owned]
+    # A lost connection is retried (reconnecting) for up to stale_after: past that the
+    # jobs are rescued anyway, their attempt counted. The statement is conditional on
+    # each attempt token, so a retry after a commit whose answer was lost hands back
+    # nothing twice.
+    retry_until = time.monotonic() + stale_after
     if back:
         try:
-            handed = conn.run(lambda c: c.execute(q("hand_back"), {
+            handed = _retrying(conn, lambda c: c.execute(q("hand_back"), {
                 "worker_id": worker_id, "ids": [r.id for r in back],
-                "attempts": [r.attempt for r in back]}).fetchall())
+                "attempts": [r.attempt for r in back]}).fetchall(), retry_until)
             log.info("handed back %d unfinished jobs", len(handed))
         except Exception as e:  # noqa: BLE001
             log.error("could not hand back %d jobs (%s); they will be rescued after "
@@ -112,6 +119,21 @@ def hand_back(conn: _Conn, running: RunningJobs, leftovers: list[_Running], *,
     if before_delete is not None:
         before_delete()
     try:
-        conn.run(lambda c: c.execute(q("worker_delete"), {"worker_id": worker_id}))
+        _retrying(conn, lambda c: c.execute(q("worker_delete"), {"worker_id": worker_id}),
+                  min(retry_until, time.monotonic() + 2.0))
     except Exception:  # noqa: BLE001, S110 - the row goes with the next rescue or prune
         pass
+
+
+def _retrying(conn: _Conn, fn: Callable[[Any], Any], until: float) -> Any:
+    """``conn.run(fn)``, again after a lost connection (``conn.backoff()`` apart) until
+    the monotonic time ``until``; other errors, and the last one, are raised."""
+    while True:
+        try:
+            return conn.run(fn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            pause = conn.backoff()
+            if time.monotonic() + pause >= until:
+                raise
+            log.warning("shutdown: %s; retrying", str(e).strip())
+            time.sleep(pause)

@@ -7,6 +7,8 @@ outcome out: the job keeps the newer attempt's result (DESIGN §2, guarantee 3).
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from ..conftest import wait_until
@@ -46,3 +48,30 @@ def test_frozen_worker_is_rescued_and_its_late_outcome_is_fenced_out(dsn, fapp,
     assert (state, attempt, owner) == ("completed", 2, w2_id)
     assert result == 2
     fleet.assert_alive()
+
+
+def test_a_connection_lost_during_the_shutdown_grace_still_hands_jobs_back(dsn, fapp,
+                                                                          spawn_worker):
+    """The hand-back ran once on the claim connection: cut during the grace (a failover,
+    a pooler restart), it failed, and the job waited for a rescue that counted its
+    attempt (with max_attempts=1: discarded). It now reconnects and hands back."""
+    fleet = Fleet(spawn_worker, dsn, "-c", "1", "--heartbeat-interval", "1",
+                  "--stale-after", "30", "--shutdown-grace", "1.5")
+    (w,) = fleet.start(1)
+    worker_id_of(dsn, w.pid)
+    j = fapp.tasks["faults.work"].using(max_attempts=1).enqueue(ms=20000)
+    fapp.close()
+    wait_until(lambda: side(dsn, j.id), 15, 0.02, "the job started")
+    w.signal(signal.SIGTERM)
+    wait_until(lambda: " stopping: 1 jobs running" in w.log(), 10, 0.02,
+               "the worker began its shutdown grace")
+    cut = rows(dsn, "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = current_database() and pid <> pg_backend_pid() "
+                    "and backend_type = 'client backend'")
+    assert cut and all(ok for (ok,) in cut)
+    assert w.wait(30) == 0, w.log()
+    (state, attempt, errors), = rows(dsn, "select state, attempt, errors from pgqueue.jobs "
+                                          "where id = %s", (j.id,))
+    assert (state, attempt) == ("available", 0), w.log()
+    assert [e["type"] for e in errors] == ["pgqueue.Interrupted"], errors
+    assert "handed back 1 unfinished jobs" in w.log()
