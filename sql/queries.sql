@@ -162,6 +162,15 @@ select pgqueue.heartbeat(%(worker_id)s, %(name)s, %(hostname)s, %(pid)s, %(queue
 -- name: rescue
 select id, state from pgqueue.rescue(make_interval(secs => %(stale_after)s::float8));
 
+-- name: lost_attempts
+-- Of this worker's attempts (ids and attempts, parallel), those it no longer owns: the
+-- job was rescued (and perhaps claimed again, finished or deleted) meanwhile.
+select r.id
+  from unnest(%(ids)s::bigint[], %(attempts)s::integer[]) as r(id, attempt)
+ where not exists (select 1 from pgqueue.jobs j
+                    where j.id = r.id and j.state = 'running' and j.attempt = r.attempt
+                      and j.worker_id = %(worker_id)s);
+
 -- name: release_unknown
 select pgqueue.release_unknown(%(worker_id)s, %(known)s, %(known_attempts)s);
 

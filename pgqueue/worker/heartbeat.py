@@ -8,7 +8,8 @@ requeues or discards the running jobs of workers silent for ``stale_after`` seco
 but only while this worker's own heartbeats are regular: after a gap longer than
 ``stale_after / 2`` (a lock on ``pgqueue.jobs``, a lost connection, a paused process)
 live peers were likely cut off too, and get one more heartbeat cycle to show they are
-alive.
+alive. After such a gap the worker also looks for its own attempts that peers rescued
+meanwhile, and cancels them (``lost_attempts``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Heartbeat(ThreadComponent):
             self.last = now = time.monotonic()
             for (job_id,) in rows:
                 self.cancel(job_id)
+            if prev is not None and now - prev > self.stale_after / 2:
+                self.stop_lost(conn)
             if prev is None or now - prev > self.stale_after / 2:
                 return
             rescued = conn.execute(q("rescue"), {"stale_after": self.stale_after},
@@ -91,6 +94,23 @@ class Heartbeat(ThreadComponent):
                     self.observer.rescued(conn, rescued)
                 self.wake.more()
         self.conn.run(work)
+
+    def stop_lost(self, conn: psycopg.Connection) -> None:
+        """After a gap in this worker's heartbeats (paused, cut off): cancel the attempts
+        it runs whose job a peer rescued meanwhile. Their outcome would be fenced out
+        anyway; stopped, they no longer run beside the attempt that replaced them."""
+        mine = [r for r in self.running.snapshot() if not r.ctx._cancel.is_set()]
+        if not mine:
+            return
+        lost = {job_id for (job_id,) in conn.execute(q("lost_attempts"), {
+            "worker_id": self.info["worker_id"], "ids": [r.id for r in mine],
+            "attempts": [r.attempt for r in mine]}, prepare=self.prepare)}
+        for r in mine:
+            if r.id in lost:
+                log.warning("job %s attempt %s was rescued while this worker was paused or "
+                            "cut off; stopping it here (another attempt runs it)",
+                            r.id, r.attempt)
+                self.running.cancel(r)
 
     def cancel(self, job_id: int) -> None:
         """Cancellation of ``job_id`` was requested: interrupt it if it runs here."""

@@ -75,3 +75,33 @@ def test_a_connection_lost_during_the_shutdown_grace_still_hands_jobs_back(dsn, 
     assert (state, attempt) == ("available", 0), w.log()
     assert [e["type"] for e in errors] == ["pgqueue.Interrupted"], errors
     assert "handed back 1 unfinished jobs" in w.log()
+
+
+def test_a_thawed_worker_stops_the_attempt_a_peer_took_over(dsn, fapp, spawn_worker):
+    """SIGSTOP until the job is rescued and running on W2, then SIGCONT: W1's attempt
+    was never told, and ran on for its full length beside attempt 2 (its outcome fenced
+    out). W1's first heartbeat after the gap now finds the job is no longer its own and
+    cancels its attempt."""
+    fleet = Fleet(spawn_worker, dsn, "-c", "1", "--heartbeat-interval", "1",
+                  "--stale-after", "3", "--poll-interval", "30")
+    (w1,) = fleet.start(1)
+    worker_id_of(dsn, w1.pid)
+    j = fapp.tasks["faults.cancellable"].enqueue(seconds=60)
+    fapp.close()
+    wait_until(lambda: side(dsn, j.id), 10, 0.02, "attempt 1 started on W1")
+    (w2,) = fleet.start(1)
+    worker_id_of(dsn, w2.pid)
+    fleet.stop(w1)
+    try:
+        wait_until(lambda: len(side(dsn, j.id)) == 2, 15, 0.05, "attempt 2 started on W2")
+    finally:
+        fleet.cont(w1)
+    wait_until(lambda: side(dsn, j.id, "cancel-seen"), 10, 0.05,
+               "W1's stale attempt told to stop")
+    seen = side(dsn, j.id, "cancel-seen")
+    assert [(a, wk) for _, a, wk, _, _, _ in seen] == [(1, side(dsn, j.id)[0][2])]
+    assert "was rescued while this worker was paused or cut off" in w1.log()
+    (state, attempt), = rows(dsn, "select state, attempt from pgqueue.jobs where id = %s",
+                             (j.id,))
+    assert (state, attempt) == ("running", 2)      # attempt 2 runs on, untouched
+    fleet.assert_alive()
