@@ -188,20 +188,20 @@ def migrate(obj: Ctx, status: bool, dry_run: bool, target: int | None) -> None:
         try:
             if status:
                 for m, applied in migrate_mod.status(conn):
-                    click.echo(f"{m.version:04d}  {'applied' if applied else 'pending':8}  {m.name}")
+                    _echo(f"{m.version:04d}  {'applied' if applied else 'pending':8}  {m.name}")
                 return
             if dry_run:
                 pending = migrate_mod.apply(conn, target=target, dry_run=True)
-                click.echo(migrate_mod.render(pending) if pending else "-- nothing to apply")
+                _echo(migrate_mod.render(pending) if pending else "-- nothing to apply")
                 return
             done = migrate_mod.apply(conn, target=target)
         except PgQueueError as e:
             raise click.ClickException(str(e)) from None
     if done:
         for m in done:
-            click.echo(f"applied {m.name}")
+            _echo(f"applied {m.name}")
     else:
-        click.echo(f"schema is up to date (version {migrate_mod.latest_version()})")
+        _echo(f"schema is up to date (version {migrate_mod.latest_version()})")
 
 
 @main.command()
@@ -233,7 +233,7 @@ def roles(obj: Ctx, producer: str | None, worker_role: str | None, operator: str
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if not do_apply:
-        click.echo(roles_mod.render(statements), nl=False)
+        _echo(roles_mod.render(statements), nl=False)
         return
     with obj.connect() as conn:
         try:
@@ -241,7 +241,7 @@ def roles(obj: Ctx, producer: str | None, worker_role: str | None, operator: str
         except psycopg.errors.UndefinedObject as e:
             raise click.ClickException(f"{str(e).strip().splitlines()[0]}: create the role "
                                        "first") from None
-    click.echo(f"granted: {', '.join(f'{k} {v}' for k, v in names.items())}")
+    _echo(f"granted: {', '.join(f'{k} {v}' for k, v in names.items())}")
 
 
 # -- worker ----------------------------------------------------------------------
@@ -489,7 +489,7 @@ def enqueue(obj: Ctx, task: str, args_json: str | None, kwargs_json: str | None,
               "debounce_max": None}
     with obj.connect() as conn:
         (job_id,) = conn.execute(q("enqueue"), params).fetchone()
-    click.echo(job_id)
+    _echo(job_id)
 
 
 # -- jobs ------------------------------------------------------------------------
@@ -517,7 +517,7 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
     fit its width: the widest columns are shortened first, their values ending in "…".
     Piped or redirected (and no ``COLUMNS`` set), nothing is shortened."""
     if not rows:
-        click.echo("(none)")
+        _echo("(none)")
         return
     cells = [[_cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
@@ -533,10 +533,24 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
     def fit(v: str, w: int) -> str:
         return v.ljust(w) if len(v) <= w else v[:w - 1] + "…"
 
-    click.echo("  ".join(fit(c.upper(), w) for c, w in zip(cols, widths, strict=True))
+    _echo("  ".join(fit(c.upper(), w) for c, w in zip(cols, widths, strict=True))
                .rstrip()[:term])
     for row in cells:
-        click.echo("  ".join(fit(v, w) for v, w in zip(row, widths, strict=True)).rstrip()[:term])
+        _echo("  ".join(fit(v, w) for v, w in zip(row, widths, strict=True)).rstrip()[:term])
+
+
+#: control characters a terminal would act on (ESC starts colour, title, cursor and
+#: screen sequences; CR, BS and BEL rewrite or ring), from task names, queue names,
+#: arguments and error messages that any producer wrote; newline and tab stay
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _echo(message: Any = None, **kwargs: Any) -> None:
+    """``click.echo`` with control characters written as escapes (``\x1b``): what the
+    CLI prints comes from the database, and must not drive the reader's terminal."""
+    if isinstance(message, str):
+        message = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+    click.echo(message, **kwargs)
 
 
 def _dump(value: Any) -> str:
@@ -571,7 +585,7 @@ def jobs_list(obj: Ctx, state: str | None, queue: str | None, task: str | None,
             q("jobs_list"), {"state": state, "queue": queue, "task": task, "since": seconds,
                              "limit": limit}).fetchall()
     if as_json:
-        click.echo(_dump(rows))
+        _echo(_dump(rows))
     else:
         for r in rows:
             limit = r["max_attempts"] if r["max_attempts"] is not None else "task default"
@@ -591,17 +605,17 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
     if row is None:
         raise click.ClickException(f"no job with id {job_id}")
     if as_json:
-        click.echo(_dump(row))
+        _echo(_dump(row))
         return
     for k, v in row.items():
         if k == "errors":
             continue
-        click.echo(f"{k:>20}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+        _echo(f"{k:>20}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
     for e in row["errors"]:
-        click.echo(f"\n--- attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker')}: "
+        _echo(f"\n--- attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker')}: "
                    f"{e.get('type')}: {e.get('message')}")
         if e.get("traceback"):
-            click.echo(e["traceback"].rstrip())
+            _echo(e["traceback"].rstrip())
 
 
 @jobs.command("retry")
@@ -641,20 +655,20 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
             with conn.transaction():
                 rows = conn.execute(q("retry_failed"), {"queue": queue, "task": task}).fetchall()
     if as_json:
-        click.echo(_dump([{"id": i, "state": st, **({"held_by": h} if h else {})}
+        _echo(_dump([{"id": i, "state": st, **({"held_by": h} if h else {})}
                           for i, st, h in rows]))
     elif job_id is not None:
-        click.echo(f"job {job_id}: {rows[0][1]}"
+        _echo(f"job {job_id}: {rows[0][1]}"
                    + (" (a workflow step: it runs once its dependencies have completed)"
                       if rows[0][1] == "pending" else ""))
     else:
         done = [i for i, _, h in rows if h is None]
         held = [(i, h) for i, _, h in rows if h is not None]
-        click.echo(f"retried {len(done)} discarded jobs"
+        _echo(f"retried {len(done)} discarded jobs"
                    + (f": {', '.join(str(i) for i in done[:20])}"
                       + (", ..." if len(done) > 20 else "") if done else ""))
         if held:
-            click.echo(f"skipped {len(held)} whose unique_key an unfinished job holds: "
+            _echo(f"skipped {len(held)} whose unique_key an unfinished job holds: "
                        + ", ".join(f"{i} (held by {h})" for i, h in held[:20])
                        + (", ..." if len(held) > 20 else ""))
 
@@ -670,12 +684,12 @@ def jobs_cancel(obj: Ctx, job_id: int, as_json: bool) -> None:
     if state is None:
         raise click.ClickException(f"no job with id {job_id}")
     if as_json:
-        click.echo(_dump({"id": job_id, "state": state}))
+        _echo(_dump({"id": job_id, "state": state}))
     else:
         note = (" (asked to stop)" if state == "running" else
                 " (already finished: not cancelled)" if state in ("completed", "discarded")
                 else "")
-        click.echo(f"job {job_id}: {state}{note}")
+        _echo(f"job {job_id}: {state}{note}")
 
 
 # -- queues, workers, prune ----------------------------------------------------------
@@ -695,7 +709,7 @@ def queues(ctx: click.Context, as_json: bool, stale_after: float) -> None:
         rows = conn.cursor(row_factory=dict_row).execute(
             q("queue_stats"), {"stale_after": stale_after}).fetchall()
     if as_json:
-        click.echo(_dump(rows))
+        _echo(_dump(rows))
     else:
         for r in rows:
             r["limits"] = _limits_text(r)
@@ -808,12 +822,12 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
                                      if limits.partition_rate_limit else None)}
     _warn_unknown_queue(name, known)
     if as_json:
-        click.echo(_dump(out))
+        _echo(_dump(out))
     elif reset:
-        click.echo(f"queue {name}: {_limits_text(out)} (the app's app.queue() declaration, "
+        _echo(f"queue {name}: {_limits_text(out)} (the app's app.queue() declaration, "
                    "if any, applies again from the next worker start)")
     else:
-        click.echo(f"queue {name}: {_limits_text(out)}")
+        _echo(f"queue {name}: {_limits_text(out)}")
 
 
 def _queue_known(conn: psycopg.Connection, name: str) -> bool:
@@ -823,7 +837,7 @@ def _queue_known(conn: psycopg.Connection, name: str) -> bool:
 def _warn_unknown_queue(name: str, known: bool) -> None:
     """On stderr: a setting for a queue nothing knows is most likely a misspelt name."""
     if not known:
-        click.echo(f"note: no job waits in queue {name!r}, no worker claims it by name and "
+        _echo(f"note: no job waits in queue {name!r}, no worker claims it by name and "
                    "no app declared it: check the spelling (`pgqueue queues` lists the "
                    "queues); the setting is kept for the queue's jobs to come", err=True)
 
@@ -841,9 +855,9 @@ def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
             conn.execute("select pg_notify('pgqueue_jobs', %s)", (name,))
     _warn_unknown_queue(name, known)
     if as_json:
-        click.echo(_dump({"queue": name, "paused": paused}))
+        _echo(_dump({"queue": name, "paused": paused}))
     else:
-        click.echo(f"queue {name}: {'paused' if paused else 'active'}")
+        _echo(f"queue {name}: {'paused' if paused else 'active'}")
 
 
 @queues.command("pause")
@@ -884,7 +898,7 @@ def workers(obj: Ctx, as_json: bool, stale_after: float, show_all: bool) -> None
     if not show_all:
         rows = [r for r in rows if r["alive"]]
     if as_json:
-        click.echo(_dump(rows))
+        _echo(_dump(rows))
     else:
         for r in rows:
             r["queues"] = r["queues"] or "all"
@@ -906,9 +920,9 @@ def prune(obj: Ctx, older_than: str, states: tuple[str, ...], as_json: bool) -> 
     with obj.connect() as conn:
         (n,) = conn.execute(q("prune"), {"older_than": seconds, "states": chosen}).fetchone()
     if as_json:
-        click.echo(_dump({"deleted": n, "older_than_seconds": seconds, "states": chosen}))
+        _echo(_dump({"deleted": n, "older_than_seconds": seconds, "states": chosen}))
     else:
-        click.echo(f"deleted {n} jobs")
+        _echo(f"deleted {n} jobs")
 
 
 # -- monitoring ------------------------------------------------------------------
@@ -929,7 +943,7 @@ def metrics(obj: Ctx, stale_after: float) -> None:
         text = render_database_metrics(obj.dsn, stale_after)
     except psycopg.Error as e:
         raise click.ClickException(f"cannot read metrics: {str(e).strip()}") from None
-    click.echo(text.decode(), nl=False)
+    _echo(text.decode(), nl=False)
 
 
 @main.command()
@@ -1016,14 +1030,14 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
     report["ok"] = not reasons
     report["reasons"] = reasons
     if as_json:
-        click.echo(_dump(report))
+        _echo(_dump(report))
     elif reasons:
         for r in reasons:
-            click.echo(f"UNHEALTHY {r}", err=True)
+            _echo(f"UNHEALTHY {r}", err=True)
     else:
         hb = report["heartbeat_age_seconds"]
         waits = report["oldest_available_seconds"].values()
-        click.echo(f"ok: schema version {report['schema_version']}"
+        _echo(f"ok: schema version {report['schema_version']}"
                    + (f", last heartbeat {hb:.1f} s ago" if hb is not None else "")
                    + (f", oldest due job waiting {max(waits):.1f} s" if waits
                       else ", no due job waiting"))
@@ -1051,7 +1065,7 @@ def _embedded_server(start: bool) -> Any:
             s.start()
         except PgQueueError as e:
             raise click.ClickException(str(e)) from None
-        click.echo(f"started the embedded server in {s.directory}", err=True)
+        _echo(f"started the embedded server in {s.directory}", err=True)
     return s
 
 
@@ -1087,7 +1101,7 @@ def embedded_status() -> None:
         psql = str(s.psql)
     except PgQueueError as e:
         psql = f"- ({e})"
-    click.echo(f"project:   {project}\n"
+    _echo(f"project:   {project}\n"
                f"database:  {p.database} ({state})\n"
                f"directory: {s.directory}\n"
                f"data:      {s.data}\n"
@@ -1111,17 +1125,17 @@ def embedded_list(as_json: bool) -> None:
     mine = current_project().database
     rows = s.databases()
     if as_json:
-        click.echo(_dump([dict(r, current=r["name"] == mine) for r in rows]))
+        _echo(_dump([dict(r, current=r["name"] == mine) for r in rows]))
         return
     width = max(len("DATABASE"), *(len(str(r["name"])) for r in rows))
-    click.echo(f"  {'DATABASE':<{width}}  {'SIZE':>10}  PROJECT")
+    _echo(f"  {'DATABASE':<{width}}  {'SIZE':>10}  PROJECT")
     for r in rows:
         key = r["key"]
         project = (f"name {key[5:]!r}" if isinstance(key, str) and key.startswith("name:")
                    else key if key is not None else "- (not a project's)")
-        click.echo(f"{'*' if r['name'] == mine else ' '} {r['name']:<{width}}  "
+        _echo(f"{'*' if r['name'] == mine else ' '} {r['name']:<{width}}  "
                    f"{_mib(int(r['size'])):>10}  {project}")
-    click.echo(f"data: {s.data}")
+    _echo(f"data: {s.data}")
 
 
 @embedded.command("drop")
@@ -1141,7 +1155,7 @@ def embedded_drop(database: str | None, force: bool, yes: bool) -> None:
         s.drop_database(database, force=force)
     except PgQueueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"dropped {database}")
+    _echo(f"dropped {database}")
 
 
 @embedded.command("stop")
@@ -1151,10 +1165,10 @@ def embedded_stop() -> None:
     from .embedded import EmbeddedServer
     s = EmbeddedServer()
     if not s.is_running():
-        click.echo(f"not running ({s.directory})")
+        _echo(f"not running ({s.directory})")
         return
     s.stop()
-    click.echo(f"stopped the embedded server in {s.directory}")
+    _echo(f"stopped the embedded server in {s.directory}")
 
 
 # -- workflows -------------------------------------------------------------------------
@@ -1185,9 +1199,9 @@ def workflows_show(obj: Ctx, workflow_id: int, as_json: bool) -> None:
             wf["batch"] = cur.execute("select * from pgqueue.batches where batch_id = %s",
                                       (workflow_id,)).fetchone()
     if as_json:
-        click.echo(_dump({"workflow": wf, "steps": steps}))
+        _echo(_dump({"workflow": wf, "steps": steps}))
     else:
-        click.echo(render(wf, steps))
+        _echo(render(wf, steps))
 
 
 # -- schedules -----------------------------------------------------------------------
@@ -1229,7 +1243,7 @@ def schedules_list(obj: Ctx, as_json: bool) -> None:
     """Every schedule: expression, time zone, next slot (UTC and local), last fired."""
     rows = _schedule_rows(obj, None)
     if as_json:
-        click.echo(_dump(rows))
+        _echo(_dump(rows))
         return
     for r in rows:
         r["next_utc"] = _fmt_time(r["next_slot"])
@@ -1264,19 +1278,19 @@ def schedules_show(obj: Ctx, name: str, count: int, as_json: bool) -> None:
         r["error"] = str(e)
     r["coming"] = coming
     if as_json:
-        click.echo(_dump(r))
+        _echo(_dump(r))
         return
     for k in ("name", "task", "expression", "tz", "args", "kwargs", "queue", "priority",
               "catch_up", "paused", "declared", "declared_by", "last_slot", "last_fired_at",
               "last_job_id"):
         # the arguments as the job gets them (JSON): an empty list is not a blank
         v = json.dumps(r[k], ensure_ascii=False) if k in ("args", "kwargs") else _cell(r[k])
-        click.echo(f"{k + ':':15} {v}")
+        _echo(f"{k + ':':15} {v}")
     if r.get("error"):
-        click.echo(f"{'error:':15} {r['error']}")
-    click.echo("next slots:")
+        _echo(f"{'error:':15} {r['error']}")
+    _echo("next slots:")
     for t in coming:
-        click.echo(f"  {_fmt_time(t)}  ({_local(t, r['tz'])})")
+        _echo(f"  {_fmt_time(t)}  ({_local(t, r['tz'])})")
 
 
 def _pause_schedule(obj: Ctx, name: str, paused: bool) -> None:
@@ -1286,7 +1300,7 @@ def _pause_schedule(obj: Ctx, name: str, paused: bool) -> None:
         except psycopg.errors.NoDataFound:
             raise click.ClickException(f"no schedule named {name!r}; pgqueue schedules list "
                                        "shows them") from None
-    click.echo(f"schedule {name}: {'paused' if paused else 'active'}")
+    _echo(f"schedule {name}: {'paused' if paused else 'active'}")
 
 
 @schedules.command("pause")
@@ -1316,7 +1330,7 @@ def schedules_trigger(obj: Ctx, name: str) -> None:
         except psycopg.errors.NoDataFound:
             raise click.ClickException(f"no schedule named {name!r}; pgqueue schedules list "
                                        "shows them") from None
-    click.echo(f"schedule {name}: enqueued job {job_id}")
+    _echo(f"schedule {name}: enqueued job {job_id}")
 
 
 def _register_optional() -> None:

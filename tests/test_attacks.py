@@ -4,6 +4,7 @@ worker keeps running, and bad input is refused before any SQL with a clear error
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
@@ -405,3 +406,25 @@ def test_cli_hostile_values_get_a_usage_error_not_a_traceback(dsn, argv, says):
     with psycopg.connect(dsn, autocommit=True) as c:
         assert c.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 0
         assert c.execute("select count(*) from pgqueue.queues").fetchone()[0] == 0
+
+
+def test_cli_output_escapes_terminal_control_sequences(dsn, conn):
+    """Task names, queue names and error messages come from any producer; printed raw,
+    ESC/OSC/CR sequences in them cleared the reader's screen, set the window title and
+    faked output lines."""
+    evil = "\x1b]0;PWNED\x07\x1b[2J\x1b[H\rFAKE: all jobs completed"
+    errors = json.dumps([{"at": "2026-01-01T00:00:00+00:00", "attempt": 1,
+                          "type": "ValueError", "message": "invalid email: " + evil,
+                          "traceback": "Traceback\n  line\x1b[31m\nValueError"}])
+    (job_id,) = conn.execute(
+        "insert into pgqueue.jobs (task, queue, state, attempt, max_attempts, errors, "
+        "finished_at) values (%s, %s, 'discarded', 1, 1, %s, now()) returning id",
+        ("t" + evil, "q" + evil, errors)).fetchone()
+    for argv in (["jobs", "list"], ["jobs", "show", str(job_id)], ["queues"]):
+        res = CliRunner().invoke(main, ["--dsn", dsn, *argv])
+        assert res.exit_code == 0, res.output
+        out = res.output
+        assert not any(c in out for c in "\x1b\x07\r"), (argv, out)
+        assert "\\x1b]0;PWNED\\x07" in out, (argv, out)
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "show", str(job_id), "--json"])
+    assert json.loads(res.output)["task"] == "t" + evil     # JSON keeps the value exact
