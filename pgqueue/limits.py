@@ -82,7 +82,8 @@ def parse_rate(text: str) -> tuple[int, float] | None:
     """``"20/1s"``, ``"1000/1h"``, ``"5/s"``, ``"none"`` -> (count, seconds) or ``None``."""
     if text.strip().lower() == "none":
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h|d)\s*", text)
+    # ASCII digits only: int() reads "５" (a full-width 5) too, which no one means here
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h|d)\s*", text, re.ASCII)
     if not m:
         raise ValueError(f"a rate is N/PERIOD such as 20/1s, 1000/1h or 5/m (or none), "
                          f"got {text!r}")

@@ -337,13 +337,26 @@ def test_bad_limits_are_refused_and_change_nothing(dashboard, conn):
         text = client.get("/queues/limits?name=mail").text
         token = re.search(r'name="csrf_token" value="([^"]+)"', text).group(1)
         for form in ({"concurrency": "0"}, {"rate": "fast"}, {"partition_rate": "5"},
-                     {"concurrency": "1; drop table pgqueue.jobs"}):
+                     {"concurrency": "1; drop table pgqueue.jobs"},
+                     {"rate": "1/\uff15s"}):        # a full-width 5 was read as 5
             r = client.post("/queues/limits", data={"csrf_token": token, "name": "mail",
                                                     **form})
             assert r.status_code == 400, form
+        # a name longer than any queue's (the CLI could not address it), then files
+        # where text fields go (each was a 500)
+        r = client.post("/queues/pause", data={"csrf_token": token, "name": "q" * 300})
+        assert r.status_code == 400 and "128" in r.text
+        for path, field in (("/queues/pause", "name"), ("/queues/limits", "concurrency"),
+                            ("/jobs/bulk", "queue"), ("/schedules/trigger", "name")):
+            r = client.post(path, data={"csrf_token": token, "name": "mail"},
+                            files={field: ("x.txt", b"mail")})
+            assert r.status_code == 400 and "not files" in r.text, (path, r.status_code)
+            r = client.post(path, data={"name": "mail"}, files={"csrf_token": ("t", token)})
+            assert r.status_code == 400, (path, r.status_code)
         r = client.post("/queues/limits", data={"name": "mail", "concurrency": "1"})
         assert r.status_code == 403
-    assert conn.execute("select concurrency from pgqueue.queues").fetchone() == (4,)
+    assert conn.execute("select name, concurrency, paused from pgqueue.queues").fetchall() \
+        == [("mail", 4, False)]
 
 
 def test_bulk_cancel_of_a_filter(dashboard, conn, page):

@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._options import _validate_options
 from .._sql import named, q
 from ..errors import PgQueueError
 from ..limits import QueueLimits, check_concurrency, parse_rate, rate_text
@@ -96,6 +97,19 @@ def _text(value: str | None, what: str) -> str | None:
     if len(value) > 512 or "\x00" in value:
         raise BadRequest(f"{what} is not a valid name")
     return value
+
+
+def _queue_name(form: Any) -> str:
+    """The form's queue name, checked as every queue name is (the CLI could not address
+    a longer one)."""
+    name = _text(form.get("name"), "queue")
+    if name is None:
+        raise BadRequest("which queue? (the form's name field is empty)")
+    try:
+        _validate_options(queue=name)
+    except PgQueueError as e:
+        raise BadRequest(str(e)) from None
+    return name
 
 
 def parse_filters(params: Any) -> dict[str, Any]:
@@ -363,6 +377,9 @@ class Dashboard:
                     return self.error(request, 403,
                                       "This dashboard is read-only: actions are off.")
                 form = await request.form()
+                if any(not isinstance(v, str) for _, v in form.multi_items()):
+                    return self.error(request, 400, "The dashboard's forms take text "
+                                      "fields only, not files.")
                 if not self.csrf.valid(request, form.get(CSRF_FIELD)):
                     log.warning("dashboard: refused POST %s without a valid CSRF token "
                                 "(user %s, from %s)", request.url.path, user,
@@ -592,9 +609,7 @@ class Dashboard:
 
     async def queue_action(self, request: Request) -> Response:
         form = request.scope["pgqueue_form"]
-        name = _text(form.get("name"), "queue")
-        if name is None:
-            raise BadRequest("which queue? (the form's name field is empty)")
+        name = _queue_name(form)
         if request.path_params["action"] not in ("pause", "resume"):
             return self.error(request, 404, "Queues have two actions: pause and resume.")
         paused = request.path_params["action"] == "pause"
@@ -604,9 +619,7 @@ class Dashboard:
 
     async def queue_limits_action(self, request: Request) -> Response:
         form = request.scope["pgqueue_form"]
-        name = _text(form.get("name"), "queue")
-        if name is None:
-            raise BadRequest("which queue? (the form's name field is empty)")
+        name = _queue_name(form)
         if form.get("clear"):
             limits = QueueLimits(name=name)
         else:
