@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +174,7 @@ class Job:
         :raises JobCancelled: the job was cancelled.
         :raises ResultTimeout: ``timeout`` elapsed first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = result_deadline(timeout)
         while True:
             try:
                 return self._wait_result(deadline, timeout)
@@ -204,7 +205,7 @@ class Job:
         >>> value = await add.enqueue(2, 3).aresult(timeout=10)
         """
         import asyncio
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = result_deadline(timeout)
         while True:
             try:
                 return await self._await_result(deadline, timeout)
@@ -277,6 +278,20 @@ class Job:
                     async for n in notes:
                         if me in n.payload.split(","):
                             break
+
+
+def result_deadline(timeout: Any) -> float | None:
+    """The monotonic deadline of a wait for a result of ``timeout`` seconds (``None``:
+    none).
+
+    :raises ValueError: ``timeout`` is not a number of seconds (NaN waited forever).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or math.isnan(timeout):
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return time.monotonic() + timeout
 
 
 def _wait_for(deadline: float | None) -> float:

@@ -88,7 +88,7 @@ from . import serialization
 from ._options import _validate_options, _validate_when, check_call_args
 from .hooks import GLOBAL, Enqueue, check_meta, meta_json
 from .errors import EnqueueError, PgQueueError, ResultTimeout
-from .job import Job
+from .job import Job, result_deadline
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import App, Task
@@ -796,7 +796,7 @@ class WorkflowHandle:
             good, even while other steps still run) or was cancelled.
         :raises ResultTimeout: ``timeout`` elapsed first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = result_deadline(timeout)
         with psycopg.connect(self.app.conninfo, autocommit=True) as conn:
             conn.execute("listen pgqueue_workflows")
             me = str(self.id)
@@ -827,7 +827,7 @@ class WorkflowHandle:
 
         >>> total = await chord([add.s(1, 2), add.s(3, 4)], tsum.s()).enqueue().aresult(60)
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = result_deadline(timeout)
         conn = await psycopg.AsyncConnection.connect(self.app.conninfo, autocommit=True)
         async with conn:
             await conn.execute("listen pgqueue_workflows")

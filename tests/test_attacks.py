@@ -428,3 +428,20 @@ def test_cli_output_escapes_terminal_control_sequences(dsn, conn):
         assert "\\x1b]0;PWNED\\x07" in out, (argv, out)
     res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "show", str(job_id), "--json"])
     assert json.loads(res.output)["task"] == "t" + evil     # JSON keeps the value exact
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", True])
+def test_result_timeout_that_is_no_number_is_refused_at_once(app, timeout):
+    """``result(timeout=float("nan"))`` waited forever (every comparison with NaN is
+    false, so the deadline never passed)."""
+    @app.task(name="atk.never_run")
+    def never_run() -> None:
+        return None
+
+    job = never_run.enqueue()
+    flow = pgqueue.chain(never_run.si(), never_run.si()).enqueue()
+    t0 = time.monotonic()
+    for wait in (job.result, flow.result):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+            wait(timeout=timeout)
+    assert time.monotonic() - t0 < 5
