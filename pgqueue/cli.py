@@ -291,7 +291,10 @@ def load_app(spec: str) -> App:
 @click.option("--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
               help="Module holding the pgqueue.App (ATTR defaults to 'app').")
 @click.option("-q", "--queue", "queues", multiple=True, help="Queue to claim from (repeatable; default all).")
-@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option("-c", "--concurrency", default=10, show_default=True,
+              type=click.IntRange(1, 10_000),
+              help="Jobs run at once (threads; with process tasks, one child each, at "
+                   "most 1024).")
 @click.option("--poll-interval", default=5.0, show_default=True, type=Duration(min=0.01),
               help="Seconds between claims without a notification.")
 @click.option("--shutdown-grace", default=30.0, show_default=True, type=SECONDS,

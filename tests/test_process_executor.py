@@ -273,3 +273,16 @@ def test_sigterm_to_the_whole_process_group_lets_running_jobs_finish(dsn, spawn_
     assert scalar(dsn, "select count(*) from public.side where job_id = %s and "
                        "event = 'end'", (job_id,)) == 1
     assert "exited with code" not in w.log()
+
+
+def test_concurrency_has_a_ceiling_and_process_tasks_a_lower_one(papp):
+    """``-c 100000000`` with a process task set out to start that many children, and
+    never reported the worker started."""
+    with pytest.raises(ConfigurationError, match="between 1 and 10,000"):
+        pgqueue.Worker(papp, concurrency=10_001)
+    w = pgqueue.Worker(papp, concurrency=1_025)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigurationError, match="a child per slot.*more than 1,024"):
+        w.run(install_signal_handlers=False)
+    assert time.monotonic() - t0 < 10
+    assert scalar(papp.conninfo, "select count(*) from pgqueue.workers") == 0

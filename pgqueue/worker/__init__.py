@@ -80,6 +80,11 @@ from .scheduler import Scheduler, upsert_declarations
 __all__ = ["Worker"]
 
 
+#: the most slots a worker takes (threads); more is a typo, not a plan
+MAX_CONCURRENCY = 10_000
+#: the most children the process executor starts (one per slot)
+MAX_CHILDREN = 1_024
+
 log = logging.getLogger("pgqueue.worker")
 
 
@@ -90,7 +95,8 @@ class Worker:
         jobs of task names registered there (old and new service versions can share a
         queue during a rolling deploy).
     :param queues: queue names to claim from; ``None`` (default) claims from every queue.
-    :param concurrency: jobs run at once (int >= 1, default 10).
+    :param concurrency: jobs run at once (1 to 10,000, default 10; with process tasks,
+        one child each, at most 1,024).
     :param poll_interval: seconds between claims when no notification arrives (default
         5.0; the worker also wakes at the earliest due ``scheduled``/``retryable`` job).
     :param shutdown_grace: seconds running jobs may finish after SIGTERM (default 30.0).
@@ -157,8 +163,10 @@ class Worker:
                  scheduler: bool = True, executor: str = "thread", app_spec: str | None = None,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: float | None = None):
-        if concurrency < 1:
-            raise ConfigurationError("concurrency must be >= 1")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ConfigurationError(
+                f"concurrency must be between 1 and {MAX_CONCURRENCY:,}, got {concurrency}; "
+                "run more worker processes for more")
         if heartbeat_interval * 3 > stale_after + 1e-9:
             raise ConfigurationError(
                 f"heartbeat_interval ({heartbeat_interval} s) must be at most a third of "
@@ -356,6 +364,12 @@ class Worker:
         if any(t.is_async for t in tasks):
             asyncio_ex = AsyncioExecutor(app, self.id, running, outcomes, wake)
         if in_process:
+            if self.concurrency > MAX_CHILDREN:
+                raise ConfigurationError(
+                    f"the process executor starts a child per slot: concurrency "
+                    f"{self.concurrency} is more than {MAX_CHILDREN:,} children "
+                    f"(tasks {', '.join(sorted(in_process)[:5])}); lower --concurrency "
+                    "or run more worker processes")
             procs = ProcessExecutor(
                 self.app_spec or app_module_spec(app, [app.tasks[n] for n in in_process]),
                 app.conninfo, self.id, self.concurrency, running, outcomes, wake,
