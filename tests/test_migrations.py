@@ -157,7 +157,7 @@ def test_0016_ends_stuck_plain_pending_jobs_and_shortens_overlong_rate_periods(e
         conn.execute("insert into pgqueue.jobs (task, state) values ('m.stuck', 'pending')")
         conn.execute("insert into pgqueue.queues (name, rate_limit, rate_period) "
                      "values ('slow', 1, interval '100000 years')")
-        assert [m.version for m in migrate.apply(conn)] == [16]
+        assert [m.version for m in migrate.apply(conn, target=16)] == [16]
         state, errors = conn.execute("select state, errors from pgqueue.jobs").fetchone()
         assert state == "cancelled" and errors[-1]["type"] == "pgqueue.NotRunnable"
         assert conn.execute("select rate_period from pgqueue.queues").fetchone()[0] \

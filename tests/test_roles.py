@@ -515,12 +515,17 @@ def test_enqueue_workflow_as_definer_writes_only_its_own_rows(dsns):
                       '[{"task": "x", "depends_on": [-1]}]'):
             with pytest.raises(psycopg.errors.InvalidParameterValue), conn.transaction():
                 conn.execute("select pgqueue.enqueue_workflow(%s)", (steps,))
-        # no state, owner or workflow can be injected through a step's fields
-        (wf, job_ids) = conn.execute(
-            "select * from pgqueue.enqueue_workflow(%s)",
-            ('[{"task": "x", "state": "completed", "worker_id": "' + str(uuid.uuid4()) +
-             '", "workflow_id": ' + str(ids["workflow"]) + ', "id": ' + str(ids["available"])
-             + '}]',)).fetchone()
+        # no state, owner or workflow can be injected through a step's fields: a key a
+        # step does not take is refused, naming it
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown key 'id'"), \
+                conn.transaction():
+            conn.execute(
+                "select * from pgqueue.enqueue_workflow(%s)",
+                ('[{"task": "x", "state": "completed", "worker_id": "' + str(uuid.uuid4()) +
+                 '", "workflow_id": ' + str(ids["workflow"]) + ', "id": '
+                 + str(ids["available"]) + '}]',))
+        (wf, job_ids) = conn.execute("select * from pgqueue.enqueue_workflow(%s)",
+                                     ('[{"task": "x"}]',)).fetchone()
         assert conn.execute("select count(*) from pg_temp.jobs").fetchone()[0] == 0
         conn.commit()
     after = snapshot(dsns.admin)

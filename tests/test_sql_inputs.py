@@ -10,6 +10,7 @@ where they are decided.
 from __future__ import annotations
 
 import json
+from re import escape as re_escape
 import uuid
 
 import psycopg
@@ -252,3 +253,55 @@ def test_transactional_task_with_an_unstorable_result_is_discarded_and_rolled_ba
     state, attempt, message = _state(conn, job.id)
     assert attempt == 1 and "not supported" in message
     assert conn.execute("select count(*) from ledger").fetchone()[0] == 0
+
+
+# -- the SQL API refuses what the Python API refuses (migration 0017) --------------------
+
+@pytest.mark.parametrize("call, says", [
+    ("pgqueue.enqueue('t', delay => interval '101 years')", "delay must be at most 100 years"),
+    ("pgqueue.enqueue('t', priority => 99999)", "priority must be in -32768..32767"),
+    ("pgqueue.enqueue('t', max_attempts => 0)", "max_attempts must be >= 1"),
+    ("pgqueue.enqueue('t', unique_key => repeat('k', 1001))", "unique_key must have 1 to 1000"),
+    ("pgqueue.enqueue('t', unique_key => '')", "unique_key must have 1 to 1000"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t", "args": {}}]')""",
+     "step 0: args must be a JSON array"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t"}, {"task": "u", "kwargs": []}]')""",
+     "step 1: kwargs must be a JSON object"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t", "delay": -5}]')""",
+     "step 0: delay must be a number of seconds from 0"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t", "delay": "5"}]')""",
+     "step 0: delay must be a number of seconds from 0"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t", "max_atempts": 3}]')""",
+     "step 0: unknown key 'max_atempts'"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t", "unique_key": "k"}]')""",
+     "step 0: unknown key 'unique_key'"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t"}]', result_steps => '{5}')""",
+     "result_steps must be indexes of steps (0 to 0)"),
+    ("""pgqueue.enqueue_workflow('[{"task": "t"}]', result_steps => '{NULL}')""",
+     "result_steps must be indexes of steps"),
+    ("pgqueue.prune(interval '-1 day')", "older_than must be an interval of 0 or more"),
+    ("pgqueue.prune(null)", "older_than must be an interval of 0 or more"),
+])
+def test_sql_api_refuses_what_python_refuses_naming_it(conn, call, says):
+    """Each was accepted: a delay of centuries, a key past the index's limit (a raw
+    "index row size" error), a step's job failing at run time, a negative delay read
+    as none, a misspelt step key ignored, result steps dropped (a null result), a
+    negative prune age deleting every finished job."""
+    (done,) = conn.execute("insert into pgqueue.jobs (task, state, finished_at) values "
+                           "('old', 'completed', now()) returning id").fetchone()
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=re_escape(says)), \
+            conn.transaction():
+        conn.execute(f"select {call}")
+    assert conn.execute("select array_agg(id) from pgqueue.jobs").fetchone()[0] == [done]
+    assert conn.execute("select count(*) from pgqueue.workflows").fetchone()[0] == 0
+
+
+def test_sql_api_still_takes_the_edges_of_each_range(conn):
+    conn.execute("select pgqueue.enqueue('t', delay => interval '36525 days', "
+                 "priority => -32768, max_attempts => 1, unique_key => repeat('k', 1000))")
+    conn.execute("""select pgqueue.enqueue_workflow('[{"task": "t", "delay": 0},
+                    {"task": "u", "delay": 1.5, "depends_on": [0]}]', result_steps => '{1}')""")
+    conn.execute("insert into pgqueue.jobs (task, state, finished_at) values "
+                 "('old', 'completed', now() - interval '1 hour')")
+    assert conn.execute("select pgqueue.prune(interval '0')").fetchone()[0] == 1
+    assert conn.execute("select count(*) from pgqueue.jobs").fetchone()[0] == 3
