@@ -5808,10 +5808,11 @@ begin
     select format('step %s: %s', x.ord - 1, case
                when jsonb_typeof(x.s) <> 'object' then 'not an object'
                when coalesce(x.s ->> 'task', '') = '' then 'no task'
-               when x.unknown is not null
+               when x.unknown <> '{}'
                     then format('unknown key %s (a step takes task, args, kwargs, queue, '
                                 'priority, max_attempts, delay, step, inputs, any_outcome, '
-                                'depends_on, after, on_error, meta)', quote_literal(x.unknown))
+                                'depends_on, after, on_error, meta)',
+                                (select quote_literal(min(k)) from jsonb_object_keys(x.unknown) k))
                when jsonb_typeof(coalesce(x.s -> 'args', '[]')) <> 'array'
                     then 'args must be a JSON array'
                when jsonb_typeof(coalesce(x.s -> 'kwargs', '{}')) <> 'object'
@@ -5821,9 +5822,9 @@ begin
                else 'depends_on and after must be arrays of step indexes' end)
       into v_bad
       from (select y.s, y.ord,
-                   case when jsonb_typeof(y.s) = 'object' then
-                       (select min(k) from jsonb_object_keys(y.s) k
-                         where k not in ('task', 'args', 'kwargs', 'queue', 'priority', 'max_attempts', 'delay', 'step', 'inputs', 'any_outcome', 'depends_on', 'after', 'on_error', 'meta')) end as unknown,
+                   -- the keys a step does not take ('{}' for none): one operator a step
+                   case when jsonb_typeof(y.s) = 'object'
+                        then y.s - '{task,args,kwargs,queue,priority,max_attempts,delay,step,inputs,any_outcome,depends_on,after,on_error,meta}'::text[] end as unknown,
                    case when jsonb_typeof(y.s) <> 'object' then false
                         when jsonb_typeof(y.s -> 'delay') is null
                              or jsonb_typeof(y.s -> 'delay') = 'null' then false
@@ -5833,7 +5834,7 @@ begin
               from jsonb_array_elements(steps) with ordinality y(s, ord)) x
      where jsonb_typeof(x.s) <> 'object'
         or coalesce(x.s ->> 'task', '') = ''
-        or x.unknown is not null
+        or x.unknown <> '{}'
         or jsonb_typeof(coalesce(x.s -> 'args', '[]')) <> 'array'
         or jsonb_typeof(coalesce(x.s -> 'kwargs', '{}')) <> 'object'
         or x.bad_delay
