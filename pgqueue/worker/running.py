@@ -10,6 +10,7 @@ retry, a rescue, a reconnect).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from typing import Any
 
 from ..app import Task
 from ..context import JobContext
+
+log = logging.getLogger("pgqueue.worker")
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,13 +94,29 @@ class RunningJobs:
         return len(self.jobs)
 
     def add(self, r: _Running) -> None:
-        """Own ``r`` and count its slot as busy."""
+        """Own ``r`` and count its slot as busy.
+
+        A record of an earlier attempt of the same job is replaced: the job was claimed
+        again, so that attempt lost it (rescued while this worker was cut off, then
+        claimed back here). If its function still runs, it is cancelled: its outcome
+        would be fenced out, and it would run on beside the attempt that replaced it.
+        """
         r.watched = bool(r.timeout) and not r.own_timeout
         with self.lock:
+            old = self.jobs.get(r.id)
+            if old is not None:
+                self.limited -= old.limited
+                self.watched -= old.watched
             self.jobs[r.id] = r
             self.busy += 1
             self.limited += r.limited
             self.watched += r.watched
+        if old is not None and old.attempt != r.attempt and old.ended is None \
+                and not old.ctx._cancel.is_set():
+            log.warning("job %s attempt %s was claimed again (attempt %s) while it still "
+                        "ran here: it lost the job, stopping it", r.id, old.attempt,
+                        r.attempt)
+            self.cancel(old)
 
     def release_slot(self) -> None:
         """The function of an attempt returned: its slot is free (the job stays owned

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import signal
 
+import psycopg
 import pytest
 
 from ..conftest import wait_until
-from .helpers import Fleet, rows, side, state_of, worker_id_of
+from .helpers import WORKER, Fleet, rows, side, state_of, worker_id_of
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -105,3 +106,31 @@ def test_a_thawed_worker_stops_the_attempt_a_peer_took_over(dsn, fapp, spawn_wor
                              (j.id,))
     assert (state, attempt) == ("running", 2)      # attempt 2 runs on, untouched
     fleet.assert_alive()
+
+
+def test_an_attempt_claimed_back_by_its_own_worker_is_stopped(dsn, fapp, spawn_worker):
+    """W1's heartbeat is held (a lock on its row) past stale_after while its claims go
+    on: W2 rescues W1's job, and W1, the only worker of that queue, claims it back as
+    attempt 2. The record of attempt 2 replaced attempt 1's, so nothing ever told
+    attempt 1: it ran on beside attempt 2 in the same worker, holding a slot."""
+    common = ("--heartbeat-interval", "1", "--stale-after", "3", "--poll-interval", "1")
+    w1 = spawn_worker(WORKER, "-q", "default", "-c", "4", *common)
+    w1_id = worker_id_of(dsn, w1.pid)
+    w2 = spawn_worker(WORKER, "-q", "other", "-c", "1", *common)
+    worker_id_of(dsn, w2.pid)
+    j = fapp.tasks["faults.cancellable"].enqueue(seconds=60)
+    fapp.close()
+    wait_until(lambda: side(dsn, j.id), 10, 0.02, "attempt 1 started on W1")
+    with psycopg.connect(dsn) as hold:          # W1's heartbeats wait on this lock
+        hold.execute("select 1 from pgqueue.workers where id = %s for update", (w1_id,))
+        wait_until(lambda: len(side(dsn, j.id)) == 2, 20, 0.05,
+                   "attempt 2 started (rescued by W2, claimed back by W1)")
+        hold.rollback()
+    starts = [(a, wk) for _, a, wk, _, _, _ in side(dsn, j.id)]
+    assert starts == [(1, str(w1_id)), (2, str(w1_id))]
+    wait_until(lambda: side(dsn, j.id, "cancel-seen"), 10, 0.05, "attempt 1 told to stop")
+    assert [a for _, a, _, _, _, _ in side(dsn, j.id, "cancel-seen")] == [1]
+    assert "was claimed again (attempt 2) while it still ran here" in w1.log()
+    (state, attempt), = rows(dsn, "select state, attempt from pgqueue.jobs where id = %s",
+                             (j.id,))
+    assert (state, attempt) == ("running", 2)
