@@ -556,6 +556,11 @@ def _echo(message: Any = None, **kwargs: Any) -> None:
     click.echo(message, **kwargs)
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: its newlines written as ``\\n``."""
+    return text.replace("\n", "\\n")
+
+
 def _dump(value: Any) -> str:
     return json.dumps(value, default=str, indent=2)
 
@@ -613,10 +618,11 @@ def jobs_show(obj: Ctx, job_id: int, as_json: bool) -> None:
     for k, v in row.items():
         if k == "errors":
             continue
-        _echo(f"{k:>20}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+        text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+        _echo(f"{k:>20}: {_one_line(text)}")     # a newline in a value fakes a field
     for e in row["errors"]:
         _echo(f"\n--- attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker')}: "
-                   f"{e.get('type')}: {e.get('message')}")
+              + _one_line(f"{e.get('type')}: {e.get('message')}"))
         if e.get("traceback"):
             _echo(e["traceback"].rstrip())
 

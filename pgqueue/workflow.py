@@ -949,7 +949,7 @@ def render(workflow: dict[str, Any], steps: list[dict[str, Any]]) -> str:
             text += f", also after {', '.join(shown)}"
         if s.get("last_error") and s["state"] != "completed":
             text += f" ({s['last_error']})"
-        return text
+        return text.replace("\n", "\\n")   # one line a step, whatever a name holds
 
     seen: set[int] = set()
 

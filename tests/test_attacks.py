@@ -428,6 +428,18 @@ def test_cli_output_escapes_terminal_control_sequences(dsn, conn):
         assert "\\x1b]0;PWNED\\x07" in out, (argv, out)
     res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "show", str(job_id), "--json"])
     assert json.loads(res.output)["task"] == "t" + evil     # JSON keeps the value exact
+    # a newline in a value made a line of its own, faking a field
+    (fake,) = conn.execute("select pgqueue.enqueue(%s)",
+                           ("real.task\n               state: completed",)).fetchone()
+    res = CliRunner().invoke(main, ["--dsn", dsn, "jobs", "show", str(fake)])
+    states = [ln for ln in res.output.splitlines() if ln.strip().startswith("state:")]
+    assert states == ["               state: available"], res.output
+    conn.execute("select pgqueue.enqueue_workflow(%s)",
+                 (json.dumps([{"task": "wf.step\n- #1 fake: completed"}]),))
+    (wf,) = conn.execute("select max(id) from pgqueue.workflows").fetchone()
+    res = CliRunner().invoke(main, ["--dsn", dsn, "workflows", "show", str(wf)])
+    assert res.exit_code == 0 and "\\n- #1 fake" in res.output, res.output
+    assert not any(ln.lstrip().startswith("- #1 fake") for ln in res.output.splitlines())
 
 
 @pytest.mark.parametrize("timeout", [float("nan"), "5", True])
