@@ -5818,7 +5818,8 @@ begin
                when jsonb_typeof(coalesce(x.s -> 'kwargs', '{}')) <> 'object'
                     then 'kwargs must be a JSON object'
                when x.bad_delay
-                    then 'delay must be a number of seconds from 0 to 3155760000 (100 years)'
+                    then 'delay must be 0 or a number of seconds from 0.000001 to 3155760000 (100 years)'
+               when x.bad_field is not null then x.bad_field
                else 'depends_on and after must be arrays of step indexes' end)
       into v_bad
       from (select y.s, y.ord,
@@ -5829,8 +5830,39 @@ begin
                         when jsonb_typeof(y.s -> 'delay') is null
                              or jsonb_typeof(y.s -> 'delay') = 'null' then false
                         when jsonb_typeof(y.s -> 'delay') <> 'number' then true
-                        else (y.s ->> 'delay')::numeric not between 0 and 3155760000 end
-                       as bad_delay
+                        else (y.s ->> 'delay')::numeric not between 0 and 3155760000
+                             or ((y.s ->> 'delay')::numeric > 0
+                                 and (y.s ->> 'delay')::numeric < 0.000001) end
+                       as bad_delay,
+                   -- each field as pgqueue.enqueue and the jobs table take it
+                   case when jsonb_typeof(y.s) <> 'object' then null
+                        when jsonb_typeof(y.s -> 'task') <> 'string'
+                             or length(y.s ->> 'task') > 512
+                             then 'task must be a name of 1 to 512 characters'
+                        when jsonb_typeof(y.s -> 'queue') not in ('string', 'null')
+                             or y.s ->> 'queue' = '' or length(y.s ->> 'queue') > 128
+                             then 'queue must be a name of 1 to 128 characters'
+                        when jsonb_typeof(y.s -> 'step') not in ('string', 'null')
+                             or length(y.s ->> 'step') > 512
+                             then 'step must be a name of at most 512 characters'
+                        when jsonb_typeof(y.s -> 'priority') not in ('number', 'null')
+                             or (jsonb_typeof(y.s -> 'priority') = 'number'
+                                 and ((y.s ->> 'priority')::numeric not between -32768 and 32767
+                                      or (y.s ->> 'priority')::numeric % 1 <> 0))
+                             then 'priority must be an integer in -32768..32767'
+                        when jsonb_typeof(y.s -> 'max_attempts') not in ('number', 'null')
+                             or (jsonb_typeof(y.s -> 'max_attempts') = 'number'
+                                 and ((y.s ->> 'max_attempts')::numeric not between 1 and 2147483646
+                                      or (y.s ->> 'max_attempts')::numeric % 1 <> 0))
+                             then 'max_attempts must be an integer >= 1 (or null: the task''s default)'
+                        when jsonb_typeof(y.s -> 'inputs') not in ('string', 'null')
+                             or (y.s ->> 'inputs') not in ('none', 'previous', 'results', 'outcomes',
+                                                           'error')
+                             then 'inputs must be none, previous, results, outcomes or error'
+                        when jsonb_typeof(y.s -> 'any_outcome') not in ('boolean', 'null')
+                             or jsonb_typeof(y.s -> 'on_error') not in ('boolean', 'null')
+                             then 'any_outcome and on_error must be true or false'
+                   end as bad_field
               from jsonb_array_elements(steps) with ordinality y(s, ord)) x
      where jsonb_typeof(x.s) <> 'object'
         or coalesce(x.s ->> 'task', '') = ''
@@ -5838,6 +5870,7 @@ begin
         or jsonb_typeof(coalesce(x.s -> 'args', '[]')) <> 'array'
         or jsonb_typeof(coalesce(x.s -> 'kwargs', '{}')) <> 'object'
         or x.bad_delay
+        or x.bad_field is not null
         or jsonb_typeof(coalesce(x.s -> 'depends_on', '[]')) <> 'array'
         or jsonb_typeof(coalesce(x.s -> 'after', '[]')) <> 'array'
      order by x.ord
