@@ -291,10 +291,9 @@ def load_app(spec: str) -> App:
 @click.option("--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
               help="Module holding the pgqueue.App (ATTR defaults to 'app').")
 @click.option("-q", "--queue", "queues", multiple=True, help="Queue to claim from (repeatable; default all).")
-@click.option("-c", "--concurrency", default=10, show_default=True,
-              type=click.IntRange(1, 10_000),
-              help="Jobs run at once (threads; with process tasks, one child each, at "
-                   "most 1024).")
+@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1),
+              help="Jobs run at once (threads; with process tasks, one child each). "
+                   "The worker refuses more than it can run.")
 @click.option("--poll-interval", default=5.0, show_default=True, type=Duration(min=0.01),
               help="Seconds between claims without a notification.")
 @click.option("--shutdown-grace", default=30.0, show_default=True, type=SECONDS,
@@ -537,7 +536,7 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
         return v.ljust(w) if len(v) <= w else v[:w - 1] + "…"
 
     _echo("  ".join(fit(c.upper(), w) for c, w in zip(cols, widths, strict=True))
-               .rstrip()[:term])
+          .rstrip()[:term])
     for row in cells:
         _echo("  ".join(fit(v, w) for v, w in zip(row, widths, strict=True)).rstrip()[:term])
 
@@ -665,21 +664,21 @@ def jobs_retry(obj: Ctx, job_id: int | None, failed: bool, queue: str | None,
                 rows = conn.execute(q("retry_failed"), {"queue": queue, "task": task}).fetchall()
     if as_json:
         _echo(_dump([{"id": i, "state": st, **({"held_by": h} if h else {})}
-                          for i, st, h in rows]))
+                     for i, st, h in rows]))
     elif job_id is not None:
         _echo(f"job {job_id}: {rows[0][1]}"
-                   + (" (a workflow step: it runs once its dependencies have completed)"
-                      if rows[0][1] == "pending" else ""))
+              + (" (a workflow step: it runs once its dependencies have completed)"
+                 if rows[0][1] == "pending" else ""))
     else:
         done = [i for i, _, h in rows if h is None]
         held = [(i, h) for i, _, h in rows if h is not None]
         _echo(f"retried {len(done)} discarded jobs"
-                   + (f": {', '.join(str(i) for i in done[:20])}"
-                      + (", ..." if len(done) > 20 else "") if done else ""))
+              + (f": {', '.join(str(i) for i in done[:20])}"
+                 + (", ..." if len(done) > 20 else "") if done else ""))
         if held:
             _echo(f"skipped {len(held)} whose unique_key an unfinished job holds: "
-                       + ", ".join(f"{i} (held by {h})" for i, h in held[:20])
-                       + (", ..." if len(held) > 20 else ""))
+                  + ", ".join(f"{i} (held by {h})" for i, h in held[:20])
+                  + (", ..." if len(held) > 20 else ""))
 
 
 @jobs.command("cancel")
@@ -834,7 +833,7 @@ def queues_set(obj: Ctx, name: str, concurrency: Any, rate: Any, partition_concu
         _echo(_dump(out))
     elif reset:
         _echo(f"queue {name}: {_limits_text(out)} (the app's app.queue() declaration, "
-                   "if any, applies again from the next worker start)")
+              "if any, applies again from the next worker start)")
     else:
         _echo(f"queue {name}: {_limits_text(out)}")
 
@@ -847,8 +846,8 @@ def _warn_unknown_queue(name: str, known: bool) -> None:
     """On stderr: a setting for a queue nothing knows is most likely a misspelt name."""
     if not known:
         _echo(f"note: no job waits in queue {name!r}, no worker claims it by name and "
-                   "no app declared it: check the spelling (`pgqueue queues` lists the "
-                   "queues); the setting is kept for the queue's jobs to come", err=True)
+              "no app declared it: check the spelling (`pgqueue queues` lists the "
+              "queues); the setting is kept for the queue's jobs to come", err=True)
 
 
 def _set_paused(obj: Ctx, name: str, paused: bool, as_json: bool) -> None:
@@ -1047,9 +1046,9 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
         hb = report["heartbeat_age_seconds"]
         waits = report["oldest_available_seconds"].values()
         _echo(f"ok: schema version {report['schema_version']}"
-                   + (f", last heartbeat {hb:.1f} s ago" if hb is not None else "")
-                   + (f", oldest due job waiting {max(waits):.1f} s" if waits
-                      else ", no due job waiting"))
+              + (f", last heartbeat {hb:.1f} s ago" if hb is not None else "")
+              + (f", oldest due job waiting {max(waits):.1f} s" if waits
+                 else ", no due job waiting"))
     if reasons:
         sys.exit(1)
 
@@ -1111,17 +1110,17 @@ def embedded_status() -> None:
     except PgQueueError as e:
         psql = f"- ({e})"
     _echo(f"project:   {project}\n"
-               f"database:  {p.database} ({state})\n"
-               f"directory: {s.directory}\n"
-               f"data:      {s.data}\n"
-               f"running:   {'yes' if running else 'no'}\n"
-               f"dsn:       {dsn}\n"
-               f"psql:      {psql}\n"
-               f"connect:   {psql} \"{dsn}\"\n"
-               + ("stop:      pgqueue embedded stop (the server keeps running after each "
-                  "command, for every project)" if running else
-                  "start:     any command that needs the database starts it (pgqueue "
-                  "migrate, pgqueue worker, ...)"))
+          f"database:  {p.database} ({state})\n"
+          f"directory: {s.directory}\n"
+          f"data:      {s.data}\n"
+          f"running:   {'yes' if running else 'no'}\n"
+          f"dsn:       {dsn}\n"
+          f"psql:      {psql}\n"
+          f"connect:   {psql} \"{dsn}\"\n"
+          + ("stop:      pgqueue embedded stop (the server keeps running after each "
+             "command, for every project)" if running else
+             "start:     any command that needs the database starts it (pgqueue "
+             "migrate, pgqueue worker, ...)"))
 
 
 @embedded.command("list")
@@ -1143,7 +1142,7 @@ def embedded_list(as_json: bool) -> None:
         project = (f"name {key[5:]!r}" if isinstance(key, str) and key.startswith("name:")
                    else key if key is not None else "- (not a project's)")
         _echo(f"{'*' if r['name'] == mine else ' '} {r['name']:<{width}}  "
-                   f"{_mib(int(r['size'])):>10}  {project}")
+              f"{_mib(int(r['size'])):>10}  {project}")
     _echo(f"data: {s.data}")
 
 

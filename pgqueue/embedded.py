@@ -265,8 +265,7 @@ class EmbeddedServer:
                 "       pg_database_size(oid)"
                 "  from pg_database where not datistemplate order by datname").fetchall()
         return [{"name": name,
-                 "key": (comment[len(COMMENT_PREFIX):]
-                         if comment and comment.startswith(COMMENT_PREFIX) else None),
+                 "key": project_key(comment),
                  "size": size} for name, comment, size in rows]
 
     def drop_database(self, database: str, force: bool = False) -> None:
@@ -291,6 +290,13 @@ class EmbeddedServer:
                 raise ConfigurationError(
                     f"database {database!r} is in use ({str(e).strip()}); stop its workers "
                     "or disconnect them with --force") from None
+
+
+def project_key(comment: str | None) -> str | None:
+    """The project key a database's comment names (``None``: not a project's database)."""
+    if comment and comment.startswith(COMMENT_PREFIX):
+        return comment[len(COMMENT_PREFIX):]
+    return None
 
 
 def ensure_running(cwd: str | os.PathLike[str] | None = None) -> str:

@@ -16,7 +16,7 @@ from importlib import resources
 
 import psycopg
 
-from .embedded import COMMENT_PREFIX
+from .embedded import project_key
 from .errors import SchemaError
 
 __all__ = [
@@ -156,11 +156,12 @@ def _stray_hint(conn: psycopg.Connection) -> str:
             "where datname = current_database()").fetchone()[0]
     except psycopg.Error:
         return ""
-    if not (comment or "").startswith(COMMENT_PREFIX):
+    key = project_key(comment)
+    if key is None:
         return ""
-    return (f". The embedded server created this database for the project "
-            f"{comment[len(COMMENT_PREFIX):]}; if that is not your project, `pgqueue "
-            f"embedded drop {conn.info.dbname}` removes it")
+    return (f". The embedded server created this database for the project {key}; if "
+            f"that is not your project, `pgqueue embedded drop {conn.info.dbname}` "
+            "removes it")
 
 
 def render(ms: Iterable[Migration]) -> str:
