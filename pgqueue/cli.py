@@ -107,7 +107,10 @@ class Ctx:
 
     def connect(self) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.dsn, autocommit=True)
+            # One-shot commands gain nothing from prepared statements, and through a
+            # transaction pooler a statement prepared on one server connection is
+            # missing on the next.
+            return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
         except psycopg.OperationalError as e:
             raise click.ClickException(f"cannot connect to the database: {str(e).strip()}\n"
                                        "Check --dsn / PGQUEUE_DSN.") from None
@@ -985,7 +988,8 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
                               "schema_expected": migrate_mod.latest_version(),
                               "heartbeat_age_seconds": None, "oldest_available_seconds": {}}
     try:
-        conn = psycopg.connect(obj.dsn, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(obj.dsn, autocommit=True, connect_timeout=10,
+                               prepare_threshold=None)
     except psycopg.Error as e:
         reasons.append(f"database: cannot connect: {str(e).strip()}")
         conn = None

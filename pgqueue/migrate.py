@@ -69,12 +69,17 @@ def applied_versions(conn: psycopg.Connection) -> set[int]:
     """Versions recorded in ``pgqueue.migrations`` (empty when the schema is absent)."""
     # A plain scan of pg_class, not to_regclass(): after waiting on the advisory lock the
     # catalog cache may not have seen another session's DDL yet, a fresh snapshot has.
+    # prepare=False throughout: these statements repeat once per migration, and a
+    # prepared statement made on one server connection is missing on the next one a
+    # transaction pooler hands out.
     row = conn.execute("select exists (select 1 from pg_catalog.pg_class c "
                        "join pg_catalog.pg_namespace n on n.oid = c.relnamespace "
-                       "where n.nspname = 'pgqueue' and c.relname = 'migrations')").fetchone()
+                       "where n.nspname = 'pgqueue' and c.relname = 'migrations')",
+                       prepare=False).fetchone()
     if not row or not row[0]:
         return set()
-    return {r[0] for r in conn.execute("select version from pgqueue.migrations")}
+    return {r[0] for r in conn.execute("select version from pgqueue.migrations",
+                                       prepare=False)}
 
 
 def status(conn: psycopg.Connection) -> list[tuple[Migration, bool]]:
@@ -88,7 +93,8 @@ def apply(conn: psycopg.Connection, *, target: int | None = None,
     """Apply pending migrations up to ``target`` (default: all), one transaction each.
 
     :param conn: a psycopg connection (autocommit or not; it must not be inside a
-        transaction block that the caller still needs: each migration commits).
+        transaction block that the caller still needs: each migration commits). A
+        connection through a transaction pooler works: nothing is prepared.
     :param target: highest version to apply, or ``None`` for all.
     :param dry_run: apply nothing; return what would be applied.
     :returns: the migrations applied (or, for ``dry_run``, pending).
@@ -100,12 +106,13 @@ def apply(conn: psycopg.Connection, *, target: int | None = None,
     done: list[Migration] = []
     for m in pending:
         with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,),
+                         prepare=False)
             if m.version in applied_versions(conn):
                 continue  # another process applied it while we waited
-            conn.execute(m.sql)
+            conn.execute(m.sql, prepare=False)
             conn.execute("insert into pgqueue.migrations (version, name) values (%s, %s)",
-                         (m.version, m.name))
+                         (m.version, m.name), prepare=False)
             done.append(m)
     return done
 

@@ -81,6 +81,21 @@ def test_status_and_dry_run_then_apply(empty_dsn):
         assert migrate.apply(conn) == []
 
 
+def test_migrate_prepares_nothing_so_a_transaction_pooler_can_carry_it(empty_dsn):
+    """Through a transaction pooler each transaction may land on another server
+    connection, where a statement prepared on the first is missing: neither migrate.apply
+    (even on a connection that prepares everything) nor the CLI's connection prepares."""
+    with psycopg.connect(empty_dsn, autocommit=True, prepare_threshold=0) as conn:
+        assert [m.version for m in migrate.apply(conn)] == \
+            [m.version for m in migrate.migrations()]
+        assert migrate.status(conn)[-1][1]
+        assert conn.execute("select count(*) from pg_prepared_statements",
+                            prepare=False).fetchone()[0] == 0
+    from pgqueue.cli import Ctx
+    with Ctx(dsn=empty_dsn).connect() as conn:
+        assert conn.prepare_threshold is None
+
+
 def test_outdated_and_newer_schema_are_refused_naming_both_versions(dsn):
     need = migrate.latest_version()
     with psycopg.connect(dsn, autocommit=True) as conn:
