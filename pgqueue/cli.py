@@ -91,6 +91,12 @@ def parse_duration(text: str, option: str = "--older-than") -> float:
         raise click.BadParameter(e.message, param_hint=option) from None
 
 
+#: every CLI connection's options: one-shot commands gain nothing from prepared
+#: statements, and through a transaction pooler a statement prepared on one server
+#: connection is missing on the next
+CONNECTION: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+
+
 class Ctx:
     def __init__(self, dsn: str | None):
         self._dsn = dsn
@@ -107,10 +113,7 @@ class Ctx:
 
     def connect(self) -> psycopg.Connection:
         try:
-            # One-shot commands gain nothing from prepared statements, and through a
-            # transaction pooler a statement prepared on one server connection is
-            # missing on the next.
-            return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
+            return psycopg.connect(self.dsn, **CONNECTION)
         except psycopg.OperationalError as e:
             raise click.ClickException(f"cannot connect to the database: {str(e).strip()}\n"
                                        "Check --dsn / PGQUEUE_DSN.") from None
@@ -988,8 +991,7 @@ def check(obj: Ctx, max_heartbeat_age: str, max_job_age: str, max_unserved_age: 
                               "schema_expected": migrate_mod.latest_version(),
                               "heartbeat_age_seconds": None, "oldest_available_seconds": {}}
     try:
-        conn = psycopg.connect(obj.dsn, autocommit=True, connect_timeout=10,
-                               prepare_threshold=None)
+        conn = psycopg.connect(obj.dsn, connect_timeout=10, **CONNECTION)
     except psycopg.Error as e:
         reasons.append(f"database: cannot connect: {str(e).strip()}")
         conn = None

@@ -80,9 +80,10 @@ class Heartbeat(ThreadComponent):
             self.last = now = time.monotonic()
             for (job_id,) in rows:
                 self.cancel(job_id)
-            if prev is not None and now - prev > self.stale_after / 2:
+            if prev is None:
+                return
+            if now - prev > self.stale_after / 2:
                 self.stop_lost(conn)
-            if prev is None or now - prev > self.stale_after / 2:
                 return
             rescued = conn.execute(q("rescue"), {"stale_after": self.stale_after},
                                    prepare=self.prepare).fetchall()
@@ -99,7 +100,7 @@ class Heartbeat(ThreadComponent):
         """After a gap in this worker's heartbeats (paused, cut off): cancel the attempts
         it runs whose job a peer rescued meanwhile. Their outcome would be fenced out
         anyway; stopped, they no longer run beside the attempt that replaced them."""
-        mine = [r for r in self.running.snapshot() if not r.ctx._cancel.is_set()]
+        mine = [r for r in self.running.snapshot() if not r.ctx.cancelled]
         if not mine:
             return
         lost = {job_id for (job_id,) in conn.execute(q("lost_attempts"), {

@@ -112,7 +112,7 @@ class RunningJobs:
             self.limited += r.limited
             self.watched += r.watched
         if old is not None and old.attempt != r.attempt and old.ended is None \
-                and not old.ctx._cancel.is_set():
+                and not old.ctx.cancelled:
             log.warning("job %s attempt %s was claimed again (attempt %s) while it still "
                         "ran here: it lost the job, stopping it", r.id, old.attempt,
                         r.attempt)
